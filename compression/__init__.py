@@ -1,0 +1,6 @@
+"""Visual-token compression methods, registered by name (`--method NAME[:key=value,...]`)."""
+from vlmedge.compression.base import Compressor, FrameContext, Selection, TokenBudget
+from vlmedge.compression.registry import available, get_method, method_class, register
+from vlmedge.compression import baselines  # noqa: F401  (registers none / uniform / random)
+
+__all__ = ["Compressor", "FrameContext", "Selection", "TokenBudget", "available", "get_method", "method_class", "register"]

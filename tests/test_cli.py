@@ -1,0 +1,86 @@
+"""The `vlmedge` command: version, console script, `python -m`, and unknown subcommands."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from vlmedge import __version__
+from vlmedge.cli import main
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _console_script() -> str | None:
+    beside = Path(sys.executable).with_name("vlmedge")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("vlmedge")
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"vlmedge {__version__}"
+    assert __version__ == version("vlmedge")
+
+
+def test_no_subcommand_prints_help_and_fails(capsys):
+    assert main([]) != 0
+    assert "doctor" in capsys.readouterr().out
+
+
+def test_unknown_subcommand_exits_non_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code != 0
+    assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", [["-m", "vlmedge.cli"], ["-m", "vlmedge"]])
+def test_python_dash_m(entry):
+    proc = _run(sys.executable, *entry, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"vlmedge {__version__}"
+
+    proc = _run(sys.executable, *entry, "no-such-command")
+    assert proc.returncode != 0
+    assert "invalid choice" in proc.stderr
+
+
+def test_console_script():
+    script = _console_script()
+    if script is None:
+        pytest.skip("the vlmedge console script is not installed (pip install -e . creates it)")
+    proc = _run(script, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"vlmedge {__version__}"
+
+
+def test_doctor_end_to_end_in_a_subprocess():
+    """The real command in a fresh process: a report (exit 0), JSON that parses, --require's exit code."""
+    proc = _run(sys.executable, "-m", "vlmedge", "doctor", "--json", "--require", "python,torch")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    names = {c["name"]: c for c in data["checks"]}
+    assert names["python"]["ok"] and names["torch"]["ok"]
+
+    # off a Jetson, requiring one is a script-friendly failure; on one, it passes
+    on_jetson = os.path.exists("/etc/nv_tegra_release")
+    proc = _run(sys.executable, "-m", "vlmedge", "doctor", "--require", "jetson")
+    assert proc.returncode == (0 if on_jetson else 1), proc.stderr
+    assert "jetson" in proc.stdout
+
+    proc = _run(sys.executable, "-m", "vlmedge", "doctor", "--require", "bogus")
+    assert proc.returncode == 2
+    assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
