@@ -49,9 +49,10 @@ class UniformPool(Compressor, TokenBudget):
         grid = tokens.features.T.reshape(1, -1, h, w)
         pooled = F.adaptive_avg_pool2d(grid.float(), (oh, ow)).to(tokens.features.dtype)
         pooled = pooled.reshape(-1, oh * ow).T
-        # adaptive pooling bin i spans [floor(i*h/oh), ceil((i+1)*h/oh)); take the centre row/column
-        rows = torch.div((2 * torch.arange(oh) + 1) * h, 2 * oh, rounding_mode="floor")
-        cols = torch.div((2 * torch.arange(ow) + 1) * w, 2 * ow, rounding_mode="floor")
+        # bin i covers tokens i*h/oh .. (i+1)*h/oh; the token whose centre is nearest the bin's centre,
+        # rounding down on ties: floor(((2i+1)*h/oh - 1) / 2)
+        rows = torch.div((2 * torch.arange(oh) + 1) * h - oh, 2 * oh, rounding_mode="floor")
+        cols = torch.div((2 * torch.arange(ow) + 1) * w - ow, 2 * ow, rounding_mode="floor")
         keep = (rows[:, None] * w + cols[None, :]).reshape(-1)
         return Selection(keep=keep, features=pooled)
 

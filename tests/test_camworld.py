@@ -206,3 +206,21 @@ def test_media_round_trip(tmp_path):
     assert frames.shape == s.frames.shape
     assert np.abs(frames.astype(int) - s.frames).mean() < 12  # VP8 is lossy but close
     assert audio.shape == s.audio.shape and np.abs(audio - s.audio).max() < 1e-3  # FLAC: 16-bit lossless
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_speech_events_are_spoken_words():
+    s = cw.generate(0, cw.WorldConfig(speech=True))
+    spoken = [e for e in s.world.sound_events() if e.sound in cw.SPEECH_WORDS]
+    assert spoken and set(cw.SPEECH_WORDS) <= set(cw.choices("sound", s.config))
+    sr = s.sample_rate
+    for e in spoken:
+        assert np.sqrt(np.mean(s.audio[int(e.start * sr):int(e.end * sr)] ** 2)) > 0.03
+
+
+def test_evidence_clip_covers_the_question(streams):
+    s = streams[3]
+    for q in s.questions:
+        frames, audio = s.evidence(q)
+        assert len(frames) == q.frame - q.evidence_start + 1
+        assert len(audio) == round((q.frame + 1 - q.evidence_start) / s.fps * s.sample_rate)

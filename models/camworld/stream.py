@@ -51,6 +51,13 @@ class Stream:
         """The last frame shown at or before time t."""
         return int(np.clip(np.floor(t * self.fps + 1e-9), 0, self.num_frames - 1))
 
+    def evidence(self, q: Question) -> tuple[np.ndarray, np.ndarray]:
+        """The frames (evidence_start..frame) and the audio over the same span that answer `q`: the shortest
+        clip a model needs, e.g. to train on a crop instead of the whole stream."""
+        a0 = int(round(self.frame_time(q.evidence_start) * self.sample_rate))
+        a1 = int(round(self.frame_time(q.frame + 1) * self.sample_rate))
+        return self.frames[q.evidence_start:q.frame + 1], self.audio[a0:a1]
+
     def audio_until(self, i: int) -> np.ndarray:
         """The audio heard up to the end of frame i's interval (what a streaming model has at frame i)."""
         return self.audio[: int(round(self.frame_time(i + 1) * self.sample_rate))]

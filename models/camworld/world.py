@@ -267,10 +267,11 @@ def build_world(seed: int, cfg: WorldConfig) -> World:
     distractors = []
     if cfg.distractors:
         for _ in range(int(rng.integers(1, 4))):
+            # Elongated, so that a grey blob is never a grey circle: shapes are always coloured.
+            a = float(rng.uniform(4, 9))
             distractors.append(Distractor(
                 "blob", float(rng.uniform(0, cfg.width)), float(rng.uniform(0, cfg.height)),
-                float(rng.uniform(3, 8)), float(rng.uniform(2, 6)), float(rng.uniform(0, np.pi)),
-                int(rng.integers(60, 200))))
+                a, a * float(rng.uniform(0.3, 0.6)), float(rng.uniform(0, np.pi)), int(rng.integers(60, 200))))
         for _ in range(int(rng.integers(0, 3))):
             moving = rng.random() < 0.3
             distractors.append(Distractor(
