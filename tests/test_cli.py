@@ -84,3 +84,25 @@ def test_doctor_end_to_end_in_a_subprocess():
     proc = _run(sys.executable, "-m", "vlmedge", "doctor", "--require", "bogus")
     assert proc.returncode == 2
     assert "bogus" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_user_errors_are_one_line_without_traceback_unless_debug():
+    res = _run(sys.executable, "-m", "vlmedge", "demo", "--method", "bogus")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["vlmedge: error: unknown method 'bogus'; available: none, random, uniform"] \
+        or res.stderr.strip().splitlines()[-1].startswith("vlmedge: error: unknown method 'bogus'")
+    assert "Traceback" not in res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "--debug", "demo", "--method", "bogus")
+    assert res.returncode != 0 and "Traceback" in res.stderr and "UnknownNameError" in res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "demo", "--model", "/nonexistent/model")
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_streams_frames_and_answers(tmp_path):
+    res = _run(sys.executable, "-m", "vlmedge", "demo", "--method", "uniform:ratio=0.25", "--questions", "2", timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    frames = [ln for ln in lines if ln.strip() and ln.split()[0].isdigit()]
+    assert len(frames) == 8
+    assert all(ln.split()[2] == "16" and ln.split()[3] == "4" for ln in frames)  # 4x4 grid pooled to 2x2
+    assert sum("-> " in ln for ln in lines) == 2

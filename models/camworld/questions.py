@@ -4,15 +4,15 @@ A question is asked right after a frame is shown and is about the stream up to t
 lowercase whole words separated by single spaces (the "?" is a word too), and every answer is one word from
 the type's closed `choices`, so chance is 1 / len(choices).
 
-| qtype    | asks                                              | choices            |
-|----------|---------------------------------------------------|--------------------|
-| color    | colour of the unique <shape> / of the shape in a quadrant, now | 6 colours |
-| count    | how many shapes are in view now                   | one .. four        |
-| where    | quadrant of the <colour> <shape> now              | 4 quadrants        |
-| exists   | is there a <colour> <shape> now (negatives share its colour or shape) | yes / no |
-| appeared | backward tracing: colour of the newest arrival / of the one that arrived just before the <colour> <shape> | 6 colours |
-| small    | shape of the small <colour> object now (its detail lives in about 2x2 patches) | 4 shapes |
-| sound    | which sound played when the <colour> <shape> appeared (audio-visual) | 5 sounds (+4 words with speech) |
+qtype     asks (answer choices)
+color     colour of the unique <shape>, or of the shape in a quadrant, now (6 colours)
+count     how many shapes are in view now (one .. four)
+where     quadrant of the <colour> <shape> now (4 quadrants)
+exists    is there a <colour> <shape> now; negatives share its colour or its shape (yes / no)
+appeared  backward tracing: colour of the newest arrival, or of the arrival just before the <colour> <shape>
+          (6 colours)
+small     shape of the small <colour> object now; its detail lives in about 2x2 patches (4 shapes)
+sound     audio-visual: which sound played when the <colour> <shape> appeared (5 sounds; +4 words with speech)
 
 Questions are only asked at settled frames (nothing part-way through entering, moving or leaving), so every
 answer is unambiguous from the pixels. Sampling picks a template uniformly, then an answer uniformly among

@@ -48,9 +48,9 @@ class WorldObject:
 
 @dataclass(frozen=True)
 class Event:
-    """A timed fact. Visual events: present (at time 0, dst=quadrant: in view from the start), enter
-    (src=edge, dst=quadrant), move (src, dst quadrants), leave (src=quadrant, dst=edge). Sound events: `sound` is the answer word, `obj` the entering object it belongs
-    to or -1 for a free sound."""
+    """A timed fact. Visual: present (time 0, dst=quadrant: in view from the start), enter (src=edge,
+    dst=quadrant), move (src, dst quadrants), leave (src=quadrant, dst=edge). Sound: `sound` is the answer
+    word, `obj` the entering object it announces, or -1 for a sound that belongs to no arrival."""
 
     kind: str
     start: float
