@@ -147,6 +147,16 @@ class Adapter:
         out.taps = {t: got[self._block_index(t)] for t in taps}
         return out
 
+    def encode_frames(self, frames) -> list[FrameTokens]:
+        """Many frames at once, with autograd on (training); same tokens as `encode_frame` per frame."""
+        return [self._encode_with_grad(f) for f in frames]
+
+    def _encode_with_grad(self, frame) -> FrameTokens:
+        hidden, ctx = self.vision_embed(self.pixels(frame))
+        for i in range(len(self.vision_blocks())):
+            hidden = self.vision_block_forward(i, hidden, ctx)
+        return self.vision_project(hidden, ctx)
+
     def _block_index(self, tap: int) -> int:
         n = len(self.vision_blocks())
         idx = tap + n if tap < 0 else tap
@@ -185,10 +195,21 @@ class Adapter:
 
     @torch.no_grad()
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_text_grad(ids)
+
+    def embed_text_grad(self, ids: torch.Tensor) -> torch.Tensor:
         return self.language_model().get_input_embeddings()(ids.reshape(-1))
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
+
+    def forward_packed(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Training forward over padded packed streams: embeds [B, L, D], positions [rows, B, L],
+        mask [B, 1, L, L] bool (True = attend) → logits [B, L, V]. No cache: the mask is explicit."""
+        pos = positions[0] if positions.shape[0] == 1 else positions
+        out = self.language_model()(inputs_embeds=embeds.to(self.dtype), position_ids=pos, attention_mask=mask,
+                                    use_cache=False)
+        return self.lm_head()(out.last_hidden_state)
 
     @torch.no_grad()
     def forward_llm(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,

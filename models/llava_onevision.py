@@ -105,6 +105,15 @@ class LlavaOneVisionAdapter(Adapter):
     def tap_to_raster(self, hidden, ctx):
         return hidden[0]
 
+    def encode_frames(self, frames):
+        # SigLIP has no cross-frame state: the whole batch goes through each block at once
+        hidden, ctx = self.vision_embed(torch.cat([self.pixels(f) for f in frames]))
+        for i in range(len(self.vision_blocks())):
+            hidden = self.vision_block_forward(i, hidden, ctx)
+        feats = self.model.model.multi_modal_projector(hidden)
+        trailer = self.model.model.image_newline[None, :].to(feats.dtype)
+        return [FrameTokens(features=f, grid_hw=ctx.grid_hw, trailer=trailer) for f in feats]
+
     # ----- LLM -----
     def language_model(self):
         return self.model.model.language_model

@@ -40,6 +40,20 @@ def norm_from_dir(model_dir: str | None, default: PixelNorm) -> PixelNorm:
     return default
 
 
+def frame_size_from_dir(model_dir: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    """A fixed streaming frame size recorded as `size: {height, width}` in `preprocessor_config.json`."""
+    import json
+    import os
+
+    path = os.path.join(model_dir, "preprocessor_config.json") if model_dir else ""
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            size = json.load(f).get("size", {})
+        if isinstance(size, dict) and "height" in size and "width" in size:
+            return int(size["height"]), int(size["width"])
+    return default
+
+
 def validate_frame(frame) -> torch.Tensor:
     """Returns the frame as a uint8 torch tensor `[H, W, 3]`, or raises `InputError` saying what is wrong."""
     if isinstance(frame, np.ndarray):

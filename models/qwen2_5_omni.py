@@ -66,7 +66,8 @@ class Qwen25OmniAdapter(QwenVisionMixin, Adapter):
         return cls(model, tok, frame_size=frame_size)
 
     @classmethod
-    def from_model(cls, model, tokenizer, model_dir=None, frame_size=DEFAULT_FRAME_SIZE):
+    def from_model(cls, model, tokenizer, model_dir=None, frame_size=None):
+        frame_size = frame_size or preprocess.frame_size_from_dir(model_dir, DEFAULT_FRAME_SIZE)
         if hasattr(model, "thinker"):  # a full Omni checkpoint: keep only the thinker
             model = model.thinker
         return cls(model, tokenizer, frame_size=frame_size,

@@ -65,7 +65,8 @@ class Qwen25VLAdapter(QwenVisionMixin, Adapter):
         return cls(model, tok, frame_size=frame_size)
 
     @classmethod
-    def from_model(cls, model, tokenizer, model_dir=None, frame_size=DEFAULT_FRAME_SIZE):
+    def from_model(cls, model, tokenizer, model_dir=None, frame_size=None):
+        frame_size = frame_size or preprocess.frame_size_from_dir(model_dir, DEFAULT_FRAME_SIZE)
         return cls(model, tokenizer, frame_size=frame_size, pixel_norm=preprocess.norm_from_dir(model_dir, preprocess.CLIP_NORM))
 
     @property

@@ -70,6 +70,18 @@ class QwenVisionMixin:
         grid = (ctx.grid_hw[0] // m, ctx.grid_hw[1] // m)
         return FrameTokens(features=merged, grid_hw=grid, trailer=merged.new_zeros(0, merged.shape[-1]))
 
+    def encode_frames(self, frames):
+        # the HF tower packs frames as one grid_thw row each (attention never crosses rows): one call for all
+        pieces = [self.vision_patches(self.pixels(f)) for f in frames]
+        thw = pieces[0][1]
+        merged = self._visual(torch.cat([p for p, _ in pieces]).to(self.dtype),
+                              grid_thw=torch.tensor([list(thw)] * len(frames))).pooler_output
+        m = self._visual.spatial_merge_size
+        grid = (thw[1] // m, thw[2] // m)
+        n = grid[0] * grid[1]
+        empty = merged.new_zeros(0, merged.shape[-1])
+        return [FrameTokens(features=merged[i * n:(i + 1) * n], grid_hw=grid, trailer=empty) for i in range(len(frames))]
+
     def tap_to_raster(self, hidden, ctx):
         m = self._visual.spatial_merge_size
         gh, gw = ctx.grid_hw

@@ -9,7 +9,7 @@ from vlmedge import __version__
 from vlmedge.errors import VlmedgeError
 
 # Order is the order `vlmedge --help` lists them in.
-COMMANDS = ["demo", "doctor"]
+COMMANDS = ["demo", "eval", "doctor", "train-reference"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"vlmedge.commands.{name}").register(sub)
+        importlib.import_module(f"vlmedge.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

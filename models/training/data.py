@@ -1,0 +1,50 @@
+"""Training examples from camworld: whole streams, many questions each, types weighted by current error.
+
+Each example is a full stream (every frame from the start, as a session sees it) with up to a few questions
+per type at their own frames. Types the model already answers well are sampled less: the weights follow a
+running error estimate, so slow types ("where", "exists", "small") get the supervision they need without a
+hand-made curriculum.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlmedge.models import camworld
+
+VALIDATION_SEED_START = 990_000  # training-split seeds held out from training, for curves during training
+
+
+@dataclass
+class TypeWeights:
+    qtypes: tuple[str, ...]
+    error: dict[str, float] = field(default_factory=dict)
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        for q in self.qtypes:
+            self.error.setdefault(q, 1.0)
+
+    def update(self, qtype: str, correct: float) -> None:
+        self.error[qtype] = self.momentum * self.error[qtype] + (1 - self.momentum) * (1.0 - correct)
+
+    def per_type(self, total: int) -> dict[str, int]:
+        """Questions per type for one stream: at least one each, the rest by error share."""
+        err = np.array([max(self.error[q], 0.05) for q in self.qtypes])
+        extra = max(0, total - len(self.qtypes))
+        share = np.floor(err / err.sum() * extra + 0.5).astype(int)
+        return {q: 1 + int(s) for q, s in zip(self.qtypes, share)}
+
+
+def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None):
+    """(stream, [(frame, text, answer, qtype)]) for one training seed."""
+    stream = camworld.generate(seed, config, split="train" if seed < camworld.EVAL_SEED_START else "eval")
+    qs = []
+    for qtype, k in counts.items():
+        qs += camworld.sample_questions(stream, rng, per_type=k, qtypes=(qtype,))
+    return stream, [(q.frame, q.text, q.answer, q.qtype) for q in qs]
+
+
+def training_seeds(rng: np.random.Generator, n: int) -> list[int]:
+    return [int(s) for s in rng.integers(0, VALIDATION_SEED_START, size=n)]

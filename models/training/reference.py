@@ -1,0 +1,67 @@
+"""Shapes of the bundled reference models: small, real architectures that train from scratch on 2 CPU cores.
+
+LLaVA-OneVision: SigLIP 96x96 with 12-px patches (an 8x8 grid, 64 tokens + newline per frame) into a 4-layer
+Qwen2. 8-px patches (144 tokens) learn no better per minute on 2 cores and make every stream 2.2x longer; at
+12 px a small (12-px) object still lives in one to four tokens, which is what pruning must not lose.
+Qwen2.5-Omni thinker: the Qwen2.5 vision tower at 8-px patches, merged 2x2 (6x6 = 36 tokens per frame), a
+2-layer Whisper-style audio tower on 128 mel bins, and the same 4-layer LLM with M-RoPE.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                          Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration, SiglipVisionConfig)
+
+from vlmedge.models.tokenizer import BASE_WORDS, build_word_tokenizer
+
+FRAME = 96
+
+
+def reference_tokenizer():
+    from vlmedge.models import camworld
+
+    return build_word_tokenizer(list(BASE_WORDS) + camworld.vocabulary())
+
+
+def _text(tok, **extra) -> dict:
+    return dict(vocab_size=len(tok), hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+                num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=4096, tie_word_embeddings=True,
+                bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
+
+
+def llava_onevision(seed: int):
+    from vlmedge.models.llava_onevision import LlavaOneVisionAdapter
+
+    torch.manual_seed(seed)
+    tok = reference_tokenizer()
+    vision = SiglipVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                                image_size=FRAME, patch_size=12, vision_use_head=False)
+    cfg = LlavaOnevisionConfig(
+        vision_config=vision, text_config=Qwen2Config(**_text(tok)), vision_feature_select_strategy="full",
+        vision_feature_layer=-1, image_grid_pinpoints=[[FRAME, FRAME]], tie_word_embeddings=True,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), video_token_id=tok.convert_tokens_to_ids("<video>"))
+    model = LlavaOnevisionForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
+    return LlavaOneVisionAdapter(model, tok)
+
+
+def qwen2_5_omni(seed: int):
+    from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter
+
+    torch.manual_seed(seed)
+    tok = reference_tokenizer()
+    ids = tok.convert_tokens_to_ids
+    vision = dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, patch_size=8, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=48, fullatt_block_indexes=[1, 3], out_hidden_size=192)
+    audio = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, d_model=128,
+                 output_dim=192, n_window=50, max_source_positions=1500)
+    text = _text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
+    cfg = Qwen2_5OmniThinkerConfig(
+        audio_config=audio, vision_config=vision, text_config=text, tie_word_embeddings=True,
+        audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|image_pad|>"), video_token_index=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        audio_start_token_id=ids("<|audio_bos|>"), audio_end_token_id=ids("<|audio_eos|>"))
+    model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
+    return Qwen25OmniAdapter(model, tok, frame_size=(FRAME, FRAME))
+
+
+BUILDERS = {"llava_onevision": llava_onevision, "qwen2_5_omni": qwen2_5_omni}

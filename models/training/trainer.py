@@ -1,0 +1,239 @@
+"""`vlmedge train-reference`: trains a reference model from scratch on camworld, resumable across sessions.
+
+Time, not steps, is the budget (a CPU session has a wall clock): the learning rate follows a cosine over
+elapsed training time, so a run stopped by its budget ends at a low rate. The work folder holds the full
+training state (model, optimiser, RNG, type weights, learning curve) and is written every few minutes;
+running the same command again resumes from it. The bundled checkpoint (standard Hugging Face layout) is
+written to the output folder at every checkpoint and at the end.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlmedge.models.training import data
+from vlmedge.models.training.packing import StreamPacker, collate
+from vlmedge.models.training.reference import BUILDERS, FRAME
+
+
+@dataclass
+class TrainConfig:
+    family: str
+    out: str
+    work: str
+    minutes: float = 120.0  # total training time across all resumed runs
+    seed: int = 0
+    batch: int = 8  # streams per step
+    questions: int = 18  # questions per stream
+    lr: float = 1.5e-3
+    warmup: int = 150
+    min_lr_frac: float = 0.05
+    weight_decay: float = 0.01
+    checkpoint_minutes: float = 5.0
+    eval_minutes: float = 10.0
+    val_streams: int = 48
+    threads: int = 0  # 0: all cores
+    max_steps: int = 0  # 0: no limit besides the time budget (tests use a few steps)
+    shape: str = "reference"  # "tiny": the small test config of the same architecture
+
+
+def qtypes_for(family: str) -> tuple[str, ...]:
+    from vlmedge.models import camworld
+
+    return tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
+
+
+def pack_stream(adapter, stream, tokens, questions, family: str):
+    """One stream's frames (and for omni models, each complete second of audio) in session order."""
+    packer = StreamPacker(adapter)
+    spt = 0.04
+    per_sec = int(round(stream.fps))
+    for i, tok in enumerate(tokens):
+        packer.frame(tok, stream.frame_time(i))
+        if family == "qwen2_5_omni" and stream.audio.size and (i + 1) % per_sec == 0:
+            sec = (i + 1) // per_sec - 1
+            feats = stream.audio_tokens[sec]
+            packer.audio(feats, float(sec), spt)
+    return packer.build(questions)
+
+
+def attach_audio_tokens(adapter, streams, family):
+    """Omni: encode each stream's audio one second at a time (one audio-encoder window), as the session does."""
+    if family != "qwen2_5_omni":
+        return
+    tower = adapter.model.model.audio_tower
+    for s in streams:
+        sr = s.sample_rate
+        s.audio_tokens = []
+        for k in range(len(s.audio) // sr):
+            mel = adapter.mel(s.audio[k * sr:(k + 1) * sr]).to(adapter.dtype)
+            s.audio_tokens.append(tower(mel, feature_lens=torch.tensor([mel.shape[1]])).last_hidden_state)
+
+
+def forward_batch(adapter, examples, family):
+    streams = [s for s, _ in examples]
+    all_frames = [f for s in streams for f in s.frames]
+    tokens = adapter.encode_frames(all_frames)
+    attach_audio_tokens(adapter, streams, family)
+    packed, k = [], 0
+    for stream, qs in examples:
+        n = len(stream.frames)
+        packed.append(pack_stream(adapter, stream, tokens[k:k + n], qs, family))
+        k += n
+    embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
+    logits = adapter.forward_packed(embeds, positions, mask)
+    return logits, targets, packed
+
+
+def correct_by_type(logits, packed) -> list[tuple[str, float]]:
+    out = []
+    for b, p in enumerate(packed):
+        pred = logits[b, p.answer_at].argmax(-1).tolist()
+        out += [(q, float(x == y)) for q, x, y in zip(p.qtypes, pred, p.answers)]
+    return out
+
+
+@torch.no_grad()
+def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
+    adapter.model.eval()
+    rng = np.random.default_rng(12345)
+    hits: dict[str, list[float]] = {}
+    types = qtypes_for(cfg.family)
+    seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
+    for chunk in range(0, len(seeds), cfg.batch):
+        ex = [data.stream_example(s, rng, {q: 1 for q in types}) for s in seeds[chunk:chunk + cfg.batch]]
+        logits, _, packed = forward_batch(adapter, ex, cfg.family)
+        for q, c in correct_by_type(logits, packed):
+            hits.setdefault(q, []).append(c)
+    adapter.model.train()
+    acc = {q: float(np.mean(v)) for q, v in sorted(hits.items())}
+    acc["mean"] = float(np.mean(list(acc.values())))
+    return acc
+
+
+def export(adapter, out: str, meta: dict) -> None:
+    os.makedirs(out, exist_ok=True)
+    adapter.model.save_pretrained(out)
+    adapter.tokenizer.save_pretrained(out)
+    norm = adapter.pixel_norm
+    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_mean": list(norm.mean), "image_std": list(norm.std), "rescale_factor": norm.rescale,
+                   "size": {"height": FRAME, "width": FRAME}}, f, indent=2)
+    with open(os.path.join(out, "training.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    os.makedirs(cfg.work, exist_ok=True)
+    state_path = os.path.join(cfg.work, "train_state.pt")
+    if cfg.shape == "tiny":
+        from vlmedge.models import tiny
+        from vlmedge.models.training.reference import reference_tokenizer
+
+        torch.manual_seed(cfg.seed)
+        adapter = tiny(cfg.family, seed=cfg.seed, words=list(reference_tokenizer().get_vocab()))
+    else:
+        adapter = BUILDERS[cfg.family](cfg.seed)
+    model = adapter.model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    rng = np.random.default_rng(cfg.seed)
+    weights = data.TypeWeights(qtypes_for(cfg.family))
+    step, elapsed, curve = 0, 0.0, []
+    warm_from = 0  # step the learning-rate warm-up counts from (restarted when the optimiser state is fresh)
+    bundled_meta = os.path.join(cfg.out, "training.json")
+    if not os.path.isfile(state_path) and os.path.isfile(bundled_meta):
+        # Only the bundled checkpoint survives between sessions (the optimiser state is too large to commit):
+        # continue from its weights and bookkeeping with fresh Adam moments and a short new warm-up.
+        with open(bundled_meta) as f:
+            meta = json.load(f)
+        # through from_pretrained: transformers renames some keys between the module tree and the files
+        saved = type(model).from_pretrained(cfg.out, local_files_only=True)
+        try:
+            model.load_state_dict(saved.state_dict())
+        except RuntimeError:
+            raise RuntimeError(f"{cfg.out} does not match the {cfg.family} {cfg.shape} shape; move it away to start afresh") from None
+        step, elapsed, curve = meta["steps"], meta["train_minutes_2_cores"] * 60, meta.get("curve", [])
+        weights.error.update(meta.get("type_error", {}))
+        if "rng" in meta:
+            rng.bit_generator.state = meta["rng"]
+        warm_from = step
+        log(f"[train] continuing {cfg.family} from the bundled weights at step {step} (fresh optimiser state)")
+    elif os.path.isfile(state_path):
+        st = torch.load(state_path, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optim"])
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        weights.error = st["type_error"]
+        step, elapsed, curve = st["step"], st["elapsed"], st["curve"]
+        log(f"[train] resumed {cfg.family} at step {step}, {elapsed / 60:.1f} of {cfg.minutes:.0f} min")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"[train] {cfg.family}: {n_params / 1e6:.2f} M parameters, batch {cfg.batch} streams x {cfg.questions} questions, "
+        f"budget {cfg.minutes:.0f} min, threads {torch.get_num_threads()}")
+    budget = cfg.minutes * 60.0
+
+    def save():
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "type_error": weights.error, "step": step,
+                    "elapsed": elapsed, "curve": curve, "config": asdict(cfg)}, state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)  # never leave a half-written state behind
+        meta = {"family": cfg.family, "seed": cfg.seed, "steps": step, "train_minutes_2_cores": round(elapsed / 60, 2),
+                "config": asdict(cfg), "curve": curve, "type_error": weights.error, "rng": rng.bit_generator.state}
+        export(adapter, cfg.out, meta)
+
+    last_ckpt = last_eval = time.perf_counter()
+    last_log, t_start, loss_avg = 0.0, time.perf_counter(), None
+    while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):
+        t0 = time.perf_counter()
+        frac = min(1.0, elapsed / budget)
+        warm = cfg.warmup if warm_from == 0 else cfg.warmup // 3
+        lr = cfg.lr * min(1.0, (step + 1 - warm_from) / warm) * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        counts = weights.per_type(cfg.questions)
+        examples = [data.stream_example(s, rng, counts) for s in data.training_seeds(rng, cfg.batch)]
+        logits, targets, packed = forward_batch(adapter, examples, cfg.family)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        for q, c in correct_by_type(logits.detach(), packed):
+            weights.update(q, c)
+        step += 1
+        elapsed += time.perf_counter() - t0
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        now = time.perf_counter()
+        if now - last_log > 30 or step == 1:
+            last_log = now
+            err = " ".join(f"{q}:{1 - e:.2f}" for q, e in weights.error.items())
+            log(f"[train] step {step} {elapsed / 60:5.1f}/{cfg.minutes:.0f} min lr {lr:.2e} loss {loss_avg:.3f} "
+                f"{(now - t0):.2f}s/step  train acc {err}")
+        last = elapsed >= budget or (cfg.max_steps and step >= cfg.max_steps)
+        if now - last_eval > cfg.eval_minutes * 60 or last:
+            acc = validate(adapter, cfg)
+            curve.append({"minutes": round(elapsed / 60, 1), "step": step, **{k: round(v, 3) for k, v in acc.items()}})
+            log(f"[train] validation at {elapsed / 60:.1f} min: " + " ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+            last_eval = time.perf_counter()
+        if now - last_ckpt > cfg.checkpoint_minutes * 60 or last:
+            save()
+            last_ckpt = time.perf_counter()
+            log(f"[train] checkpoint at step {step} -> {cfg.out}")
+    if step == 0 or not os.path.isfile(os.path.join(cfg.out, "model.safetensors")):
+        save()
+    log(f"[train] done: {step} steps, {elapsed / 60:.1f} min of training ({(time.perf_counter() - t_start) / 60:.1f} min this run)")
+    return {"steps": step, "minutes": elapsed / 60, "curve": curve}

@@ -1,0 +1,43 @@
+"""`vlmedge eval`: accuracy per question type on camworld evaluation seeds, through the streaming session."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of a model + method on camworld evaluation streams",
+                       description="Plays camworld evaluation streams (seeds >= 1,000,000) into a streaming session "
+                                   "and scores the answers per question type, with chance levels, tokens kept per "
+                                   "frame, per-stage time and peak memory.")
+    p.add_argument("--model", help="local model directory (default: the bundled reference model of --family)")
+    p.add_argument("--family", default="llava_onevision", help="family of the bundled reference model")
+    p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25")
+    p.add_argument("--seeds", default="1000000+200", help="START:END or START+COUNT (default %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    p.add_argument("--answers", action="store_true", help="include every question and answer in the JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from vlmedge.models import from_pretrained
+    from vlmedge.models.reference_models import reference_dir
+    from vlmedge.runtime.evaluation import evaluate, parse_seed_range
+
+    seeds = parse_seed_range(args.seeds)
+    path = args.model or reference_dir(args.family)
+    adapter = from_pretrained(path)
+
+    def progress(done, total):
+        if done == total or done % max(1, total // 10) == 0:
+            print(f"[eval] {done}/{total} streams", file=sys.stderr, flush=True)
+
+    report = evaluate(adapter, args.method, seeds, name=path, progress=progress)
+    print(report.table())
+    if args.json:
+        text = report.to_json(with_answers=args.answers)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0

@@ -1,0 +1,34 @@
+"""`vlmedge train-reference`: train a bundled reference model on camworld (resumable, time-budgeted)."""
+from __future__ import annotations
+
+import os
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-reference", help="train a small reference model from scratch on camworld",
+                       description="Trains a small LLaVA-OneVision or Qwen2.5-Omni-thinker model on camworld "
+                                   "training seeds (< 1,000,000). Progress is printed every 30 s; the full state is "
+                                   "checkpointed to --work and the model to --out (Hugging Face layout) every few "
+                                   "minutes. Running the same command again resumes.")
+    p.add_argument("--family", choices=["llava_onevision", "qwen2_5_omni"], required=True)
+    p.add_argument("--out", help="model folder to write (default: models/reference/<family> in the source tree)")
+    p.add_argument("--work", help="training-state folder (default: <out>/../.train-<family>)")
+    p.add_argument("--minutes", type=float, default=120.0, help="total training time budget (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8, help="streams per step")
+    p.add_argument("--questions", type=int, default=18, help="questions per stream")
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from vlmedge.models.training.trainer import TrainConfig, train
+
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = args.out or os.path.join(here, "models", "reference", args.family)
+    work = args.work or os.path.join(os.path.dirname(out), f".train-{args.family}")
+    cfg = TrainConfig(family=args.family, out=out, work=work, minutes=args.minutes, seed=args.seed, batch=args.batch,
+                      questions=args.questions, lr=args.lr, threads=args.threads)
+    train(cfg, log=lambda m: print(m, flush=True))
+    return 0
