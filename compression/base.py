@@ -47,6 +47,11 @@ class Compressor:
         """Per-stream state; None for stateless methods."""
         return None
 
+    def encode_frame(self, adapter, frame, state: Any):
+        """Vision stage for one frame. Methods that change how the ViT runs (STC's cacher) override this;
+        everyone else gets the adapter's plain block-by-block encoder."""
+        return adapter.encode_frame(frame, taps=self.taps)
+
     def compress(self, tokens, ctx: FrameContext, state: Any) -> Selection:
         raise NotImplementedError  # pragma: no cover
 

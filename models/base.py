@@ -42,6 +42,26 @@ class VisionContext:
 
 
 @dataclass
+class ViTLayerParts:
+    """One pre-norm ViT block taken apart, on one frame's tokens `[T, C]` (no batch dimension).
+
+    block(h) == h1 + mlp(norm2(h1)) with h1 = h + attend(all, q(norm1(h)), k(norm1(h)), v(norm1(h))).
+    `attend(rows, q_rows, k, v)` runs attention for the query rows `rows` (indices into T, with their
+    projected queries `q_rows [n, C]`) over all keys/values `[T, C]` and returns the output projection
+    `[n, C]`; family details (rotary embeddings, attention windows) stay inside it. The STC cacher needs
+    exactly these pieces to recompute only some tokens.
+    """
+
+    norm1: Any
+    q: Any
+    k: Any
+    v: Any
+    attend: Any
+    norm2: Any
+    mlp: Any
+
+
+@dataclass
 class FrameTokens:
     """One frame after the vision tower and projector, before compression.
 
@@ -124,6 +144,17 @@ class Adapter:
 
     def vision_block_forward(self, index: int, hidden: torch.Tensor, ctx: VisionContext) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
+
+    def vision_layer_parts(self, index: int, ctx: VisionContext) -> ViTLayerParts:
+        raise NotImplementedError  # pragma: no cover
+
+    def vision_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """A block input/output as `[T, C]` (drops the batch dimension some towers carry)."""
+        return hidden.reshape(-1, hidden.shape[-1])
+
+    def vision_hidden(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Inverse of `vision_tokens`: `[T, C]` back to the tower's block layout."""
+        return tokens.reshape(like.shape)
 
     def vision_project(self, hidden: torch.Tensor, ctx: VisionContext) -> FrameTokens:
         """From the last block's output to LLM-space tokens (merger/projector), in raster order."""

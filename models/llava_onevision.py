@@ -13,7 +13,9 @@ from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGene
 
 from vlmedge.errors import InputError
 from vlmedge.models import preprocess
-from vlmedge.models.base import Adapter, FrameTokens, PromptFormat, VisionContext
+import torch.nn.functional as F
+
+from vlmedge.models.base import Adapter, FrameTokens, PromptFormat, ViTLayerParts, VisionContext
 from vlmedge.models.positions import Rope1D
 from vlmedge.models.tokenizer import build_word_tokenizer
 
@@ -96,6 +98,20 @@ class LlavaOneVisionAdapter(Adapter):
 
     def vision_block_forward(self, index, hidden, ctx):
         return self._tower.encoder.layers[index](hidden, attention_mask=None)
+
+    def vision_layer_parts(self, index, ctx):
+        layer = self._tower.encoder.layers[index]
+        attn = layer.self_attn
+        heads, hd = attn.num_heads, attn.head_dim
+
+        def attend(rows, q, k, v):
+            # SigLIP attention is global and has no positional term inside the block
+            split = lambda x: x.reshape(x.shape[0], heads, hd).transpose(0, 1)  # noqa: E731
+            out = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=attn.scale)
+            return attn.out_proj(out.transpose(0, 1).reshape(q.shape[0], heads * hd))
+
+        return ViTLayerParts(norm1=layer.layer_norm1, q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, attend=attend,
+                             norm2=layer.layer_norm2, mlp=layer.mlp)
 
     def vision_project(self, hidden, ctx):
         feats = self.model.model.multi_modal_projector(hidden)[0]

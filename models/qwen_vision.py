@@ -11,10 +11,12 @@ Block outputs are therefore in window order; `tap_to_raster` undoes both permuta
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
 from vlmedge.errors import InputError
-from vlmedge.models.base import FrameTokens, VisionContext
+from vlmedge.models.base import FrameTokens, ViTLayerParts, VisionContext
 from vlmedge.models.preprocess import qwen_patchify
 
 
@@ -63,6 +65,35 @@ class QwenVisionMixin:
         return self._visual.blocks[index](
             hidden, cu_seqlens=x["cu_seqlens"] if full else x["cu_window"],
             max_seqlen=x["max_seqlen"] if full else x["max_window"], position_embeddings=x["rotary"])
+
+    def vision_layer_parts(self, index, ctx):
+        blk = self._visual.blocks[index]
+        attn = blk.attn
+        heads, hd = attn.num_heads, attn.head_dim
+        x = ctx.extras
+        cu = x["cu_seqlens"] if index in self._visual.fullatt_block_indexes else x["cu_window"]
+        n_tok = int(cu[-1])
+        # window id of every token (in the tower's window order): attention never crosses windows
+        window = torch.repeat_interleave(torch.arange(len(cu) - 1), (cu[1:] - cu[:-1]).long(), output_size=n_tok)
+        cos, sin = x["rotary"]
+        dim = attn.dim
+        if hasattr(attn, "qkv"):  # Qwen2.5-VL fuses the projections; the Omni tower keeps q, k, v apart
+            q_fn, k_fn, v_fn = (lambda h: attn.qkv(h)[..., :dim], lambda h: attn.qkv(h)[..., dim:2 * dim],
+                                lambda h: attn.qkv(h)[..., 2 * dim:])
+        else:
+            q_fn, k_fn, v_fn = attn.q, attn.k, attn.v
+
+        def attend(rows, q, k, v):
+            q = q.reshape(-1, heads, hd)
+            k = k.reshape(-1, heads, hd)
+            q, _ = apply_rotary_pos_emb_vision(q, q, cos[rows], sin[rows])
+            k, _ = apply_rotary_pos_emb_vision(k, k, cos, sin)
+            mask = window[rows][:, None] == window[None, :]
+            out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.reshape(-1, heads, hd).transpose(0, 1),
+                                                 attn_mask=mask, scale=attn.scaling)
+            return attn.proj(out.transpose(0, 1).reshape(len(rows), dim))
+
+        return ViTLayerParts(norm1=blk.norm1, q=q_fn, k=k_fn, v=v_fn, attend=attend, norm2=blk.norm2, mlp=blk.mlp)
 
     def vision_project(self, hidden, ctx):
         merged = self._visual.merger(hidden)[torch.argsort(ctx.extras["window_index"])]

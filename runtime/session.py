@@ -129,7 +129,7 @@ class StreamingSession:
             self._next_sample_time = base
 
         t0 = time.perf_counter()
-        tokens = self.adapter.encode_frame(frame, taps=self.method.taps)
+        tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
         t1 = time.perf_counter()
         ctx = FrameContext(frame_index=len(self.frame_stats), time_s=time_s)
         sel = self.method.compress(tokens, ctx, self.method_state)

@@ -155,3 +155,25 @@ def test_audio_tokens_and_last_layer_qk(tiny_adapters):
         a.encode_audio(np.zeros((2, 1000), dtype=np.float32))
     with pytest.raises(InputError, match="family"):
         tiny_adapters["qwen2_5_vl"].encode_audio(wave)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vit_layer_parts_rebuild_each_block(tiny_adapters, family):
+    """The taken-apart block (what STC's cacher recomputes from) equals the block's own forward."""
+    a = tiny_adapters[family]
+    with torch.no_grad():
+        hidden, ctx = a.vision_embed(a.pixels(make_frames(1)[0]))
+        for i in range(len(a.vision_blocks())):
+            ref = a.vision_block_forward(i, hidden, ctx)
+            p = a.vision_layer_parts(i, ctx)
+            h = a.vision_tokens(hidden)
+            x = p.norm1(h)
+            rows = torch.arange(h.shape[0])
+            h1 = h + p.attend(rows, p.q(x), p.k(x), p.v(x))
+            out = h1 + p.mlp(p.norm2(h1))
+            torch.testing.assert_close(a.vision_hidden(out, hidden), ref, atol=1e-5, rtol=1e-5)
+            # a subset of query rows gives those rows of the full attention
+            sub = torch.tensor([1, 3, h.shape[0] - 1])
+            torch.testing.assert_close(p.attend(sub, p.q(x)[sub], p.k(x), p.v(x)),
+                                       p.attend(rows, p.q(x), p.k(x), p.v(x))[sub], atol=1e-5, rtol=1e-5)
+            hidden = ref

@@ -99,7 +99,8 @@ def test_user_errors_are_one_line_without_traceback_unless_debug():
 
 
 def test_demo_streams_frames_and_answers(tmp_path):
-    res = _run(sys.executable, "-m", "vlmedge", "demo", "--method", "uniform:ratio=0.25", "--questions", "2", timeout=300)
+    res = _run(sys.executable, "-m", "vlmedge", "demo", "--tiny", "--method", "uniform:ratio=0.25", "--questions", "2",
+               timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     frames = [ln for ln in lines if ln.strip() and ln.split()[0].isdigit()]
