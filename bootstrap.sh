@@ -9,7 +9,8 @@
 #   1. missing Debian packages (GStreamer + its Python bindings and plugin loader, espeak-ng) are installed
 #      with apt-get (through sudo when not root; `apt-get update` runs only when something is missing);
 #   2. `.venv` is created when missing;
-#   3. torch is installed first (VLMEDGE_TORCH_SPEC, default torch==2.13.0), then `pip install -e '.[dev]'`;
+#   3. torch is installed first (VLMEDGE_TORCH_SPEC, default torch==2.13.0), then `pip install -e '.[dev]'`
+#      under the pinned versions of constraints.txt;
 #      this step is skipped while a stamp in .venv records the same hash of pyproject.toml, setup.py, this
 #      script and the torch settings;
 #   4. Debian's `gi` (PyGObject with the Gst overrides) is made importable from the venv through a folder of
@@ -137,7 +138,7 @@ setup_venv() {
 # ---------------------------------------------------------------------------------------------- pip
 deps_hash() {
     {
-        cat pyproject.toml setup.py bootstrap.sh
+        cat pyproject.toml setup.py bootstrap.sh constraints.txt
         echo "torch=$TORCH_SPEC index=$TORCH_INDEX_URL"
         "$VENV/bin/python" -c 'import sys; print(sys.version)'
     } | sha256sum | cut -d' ' -f1
@@ -172,7 +173,7 @@ EOF
     fi
 
     log "installing vlmedge in editable mode with its dev extras"
-    "${pip[@]}" install "${quiet[@]}" -e '.[dev]'
+    "${pip[@]}" install "${quiet[@]}" -c constraints.txt -e '.[dev]'
     echo "$want" >"$STAMP"
 }
 
