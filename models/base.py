@@ -112,10 +112,25 @@ class Adapter:
         self.positions = positions
         self.pixel_norm = pixel_norm
 
-    # ----- construction (implemented per family) -----
+    # ----- construction -----
     @classmethod
-    def tiny(cls, seed: int = 0, **overrides) -> "Adapter":  # pragma: no cover - per family
-        raise NotImplementedError
+    def from_pretrained(cls, path: str, **kwargs) -> "Adapter":
+        """Loads a local Hugging Face checkpoint; the family comes from its config.json (never from a hub)."""
+        from vlmedge.models.loading import from_pretrained
+
+        adapter = from_pretrained(path, **kwargs)
+        if cls is not Adapter and not isinstance(adapter, cls):
+            from vlmedge.errors import ModelFileError
+            raise ModelFileError(f"{path} holds a {adapter.family} model, not {cls.family}")
+        return adapter
+
+    @classmethod
+    def tiny(cls, family: str, seed: int = 0, **kwargs) -> "Adapter":
+        """A small randomly initialised model of `family`'s real architecture (families override this
+        with `tiny(seed, ...)`)."""
+        from vlmedge.models.loading import adapter_class
+
+        return adapter_class(family).tiny(seed=seed, **kwargs)
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, model_dir: str | None = None) -> "Adapter":

@@ -74,6 +74,7 @@ def parse_seed_range(spec: str) -> tuple[int, int]:
 def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=None) -> EvalReport:
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
+    from vlmedge.runtime.playback import play_stream
 
     qtypes = set(camworld.QTYPES if adapter.has_audio else camworld.VISUAL_QTYPES)
     chance = camworld.chance_levels()
@@ -88,30 +89,22 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
             session = StreamingSession(adapter, method, sample_fps=stream.fps, max_new_tokens=3)
         else:
             session.reset()
-        questions = sorted((q for q in stream.questions if q.qtype in qtypes), key=lambda q: q.frame)
-        per_sec = int(round(stream.fps))
-        qi = 0
-        for i, frame in enumerate(stream.frames):
-            st = session.push_frame(frame, time_s=stream.frame_time(i))
+        questions = [q for q in stream.questions if q.qtype in qtypes]
+
+        def frame_stats(st):
             kept.append(st.tokens_kept)
             seen.append(st.tokens_in)
             stage["encode"].append(st.encode_ms)
             stage["compress"].append(st.compress_ms)
             stage["prefill"].append(st.prefill_ms)
-            if adapter.has_audio and stream.audio.size and (i + 1) % per_sec == 0:
-                sec = (i + 1) // per_sec - 1
-                sr = stream.sample_rate
-                session.push_audio(stream.audio[sec * sr:(sec + 1) * sr], time_s=float(sec))
-            while qi < len(questions) and questions[qi].frame <= i:
-                q = questions[qi]
-                ans = session.ask(q.text)
-                ok = float(ans.text.split()[:1] == [q.answer])
-                hits.setdefault(q.qtype, []).append(ok)
-                stage["question_prefill"].append(ans.prefill_ms)
-                stage["decode"].append(ans.decode_ms)
-                answers.append({"seed": seed, "frame": q.frame, "qtype": q.qtype, "question": q.text,
-                                "truth": q.answer, "answer": ans.text, "correct": bool(ok)})
-                qi += 1
+
+        for q, ans in play_stream(session, stream, questions, on_frame=frame_stats):
+            ok = float(ans.text.split()[:1] == [q.answer])
+            hits.setdefault(q.qtype, []).append(ok)
+            stage["question_prefill"].append(ans.prefill_ms)
+            stage["decode"].append(ans.decode_ms)
+            answers.append({"seed": seed, "frame": q.frame, "qtype": q.qtype, "question": q.text,
+                            "truth": q.answer, "answer": ans.text, "correct": bool(ok)})
         if progress:
             progress(n + 1, seeds[1] - seeds[0])
     acc = {q: float(np.mean(v)) for q, v in hits.items()}

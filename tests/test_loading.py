@@ -75,3 +75,15 @@ def test_missing_and_mismatched_files_are_named(tiny_adapters, tmp_path):
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(UnknownNameError, match="supported: llava_onevision"):
         tiny("llava_next")
+
+
+def test_adapter_classmethods(tiny_adapters, tmp_path):
+    from vlmedge.models import Adapter
+    from vlmedge.models.qwen2_5_vl import Qwen25VLAdapter
+
+    a = Adapter.tiny("qwen2_5_vl", seed=1)
+    assert isinstance(a, Qwen25VLAdapter)
+    path = save(tiny_adapters["llava_onevision"], tmp_path / "llava")
+    assert Adapter.from_pretrained(str(path)).family == "llava_onevision"
+    with pytest.raises(ModelFileError, match="not qwen2_5_vl"):
+        Qwen25VLAdapter.from_pretrained(str(path))

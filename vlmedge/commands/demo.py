@@ -24,6 +24,7 @@ def run(args) -> int:
     from vlmedge.models.reference_models import reference_dir
     from vlmedge.models.tokenizer import BASE_WORDS
     from vlmedge.runtime import StreamingSession
+    from vlmedge.runtime.playback import play_stream
 
     t0 = time.perf_counter()
     model = args.model
@@ -45,17 +46,16 @@ def run(args) -> int:
           f"at {stream.fps:g} fps")
     print(f"{'frame':>5} {'time s':>7} {'tokens':>7} {'kept':>5} {'encode ms':>10} {'compress ms':>12} {'prefill ms':>11}")
     questions = sorted(stream.questions, key=lambda q: q.frame)[: args.questions]
-    asked = 0
-    for i, frame in enumerate(stream.frames):
-        st = session.push_frame(frame, time_s=stream.frame_time(i))
-        if st is not None:
-            print(f"{st.index:>5} {st.time_s:>7.2f} {st.tokens_in:>7} {st.tokens_kept:>5} {st.encode_ms:>10.1f} "
-                  f"{st.compress_ms:>12.2f} {st.prefill_ms:>11.1f}")
-        while asked < len(questions) and questions[asked].frame <= i:
-            q = questions[asked]
-            ans = session.ask(q.text, max_new_tokens=4)
-            mark = "ok" if ans.text.split()[:1] == [q.answer] else "--"
-            print(f"  Q@{stream.frame_time(i):.1f}s [{q.qtype}] {q.text}\n    -> {ans.text!r} (truth: {q.answer}) {mark}"
-                  f"  [{ans.stream_tokens} tokens in cache, first token {ans.prefill_ms:.0f} ms]")
-            asked += 1
+
+    def frame_line(st):
+        print(f"{st.index:>5} {st.time_s:>7.2f} {st.tokens_in:>7} {st.tokens_kept:>5} {st.encode_ms:>10.1f} "
+              f"{st.compress_ms:>12.2f} {st.prefill_ms:>11.1f}")
+
+    def answer_lines(q, ans, i):
+        mark = "ok" if ans.text.split()[:1] == [q.answer] else "--"
+        print(f"  Q@{stream.frame_time(i):.1f}s [{q.qtype}] {q.text}\n    -> {ans.text!r} (truth: {q.answer}) {mark}"
+              f"  [{ans.stream_tokens} tokens in cache, first token {ans.prefill_ms:.0f} ms]")
+
+    session.max_new_tokens = 4
+    play_stream(session, stream, questions, on_frame=frame_line, on_answer=answer_lines)
     return 0
