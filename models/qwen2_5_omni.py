@@ -73,24 +73,6 @@ class Qwen25OmniAdapter(QwenVisionMixin, Adapter):
         return cls(model, tokenizer, frame_size=frame_size,
                    pixel_norm=preprocess.norm_from_dir(model_dir, preprocess.CLIP_NORM))
 
-    @property
-    def _visual(self):
-        return self.model.model.visual
-
-    @property
-    def frame_size(self):
-        return self._frame_size
-
-    @property
-    def text_config(self):
-        return self.model.config.text_config
-
-    def language_model(self):
-        return self.model.model.language_model
-
-    def lm_head(self):
-        return self.model.lm_head
-
     # ----- audio -----
     def mel(self, wave) -> torch.Tensor:
         """16 kHz mono float samples → log-mel `[mel_bins, frames]` (10 ms hop), as Omni's processor computes."""

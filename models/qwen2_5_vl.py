@@ -68,21 +68,3 @@ class Qwen25VLAdapter(QwenVisionMixin, Adapter):
     def from_model(cls, model, tokenizer, model_dir=None, frame_size=None):
         frame_size = frame_size or preprocess.frame_size_from_dir(model_dir, DEFAULT_FRAME_SIZE)
         return cls(model, tokenizer, frame_size=frame_size, pixel_norm=preprocess.norm_from_dir(model_dir, preprocess.CLIP_NORM))
-
-    @property
-    def _visual(self):
-        return self.model.model.visual
-
-    @property
-    def frame_size(self):
-        return self._frame_size
-
-    @property
-    def text_config(self):
-        return self.model.config.text_config
-
-    def language_model(self):
-        return self.model.model.language_model
-
-    def lm_head(self):
-        return self.model.lm_head

@@ -21,7 +21,26 @@ from vlmedge.models.preprocess import qwen_patchify
 
 
 class QwenVisionMixin:
-    """Expects `self._visual` (the tower module) and `self.frame_size` (multiples of patch*merge)."""
+    """What Qwen2.5-VL and the Omni thinker share: the vision tower and the module layout around the LLM
+    (`model.model.visual`, `model.model.language_model`, `model.lm_head`). Expects `self._frame_size`."""
+
+    @property
+    def _visual(self):
+        return self.model.model.visual
+
+    @property
+    def frame_size(self):
+        return self._frame_size
+
+    @property
+    def text_config(self):
+        return self.model.config.text_config
+
+    def language_model(self):
+        return self.model.model.language_model
+
+    def lm_head(self):
+        return self.model.lm_head
 
     def _check_frame_size(self, size_hw):
         cfg = self._visual.config
