@@ -2,5 +2,6 @@
 from vlmedge.compression.base import Compressor, FrameContext, Selection, TokenBudget
 from vlmedge.compression.registry import available, get_method, method_class, register
 from vlmedge.compression import baselines  # noqa: F401  (registers none / uniform / random)
+from vlmedge.compression import stc  # noqa: F401  (registers stc)
 
 __all__ = ["Compressor", "FrameContext", "Selection", "TokenBudget", "available", "get_method", "method_class", "register"]

@@ -183,14 +183,14 @@ class Adapter:
     def encode_frame(self, frame, taps: Sequence[int] = ()) -> FrameTokens:
         """Frame → compressible LLM-space tokens, with the requested vision-block outputs."""
         hidden, ctx = self.vision_embed(self.pixels(frame))
-        wanted = {self._block_index(t) for t in taps}
+        wanted = {self.block_index(t) for t in taps}
         got: dict[int, torch.Tensor] = {}
         for i in range(len(self.vision_blocks())):
             hidden = self.vision_block_forward(i, hidden, ctx)
             if i in wanted:
                 got[i] = self.tap_to_raster(hidden, ctx)
         out = self.vision_project(hidden, ctx)
-        out.taps = {t: got[self._block_index(t)] for t in taps}
+        out.taps = {t: got[self.block_index(t)] for t in taps}
         return out
 
     def encode_frames(self, frames) -> list[FrameTokens]:
@@ -203,7 +203,8 @@ class Adapter:
             hidden = self.vision_block_forward(i, hidden, ctx)
         return self.vision_project(hidden, ctx)
 
-    def _block_index(self, tap: int) -> int:
+    def block_index(self, tap: int) -> int:
+        """A tap (negative counts from the end) as a block index; out of range is an `InputError`."""
         n = len(self.vision_blocks())
         idx = tap + n if tap < 0 else tap
         if not 0 <= idx < n:

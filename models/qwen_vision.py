@@ -69,10 +69,12 @@ class QwenVisionMixin:
         hidden = vis.permute_input_for_window_attn(hidden, window_index, seq_len=n)
         rot = vis.rotary_pos_emb(hidden, position_ids)
         rot = tuple(vis.permute_input_for_window_attn(r, window_index, seq_len=n) for r in rot)
+        window_ids = torch.repeat_interleave(torch.arange(len(cu_window) - 1, device=hidden.device),
+                                             (cu_window[1:] - cu_window[:-1]).long().to(hidden.device), output_size=n)
         ctx = VisionContext(grid_hw=(thw[1], thw[2]), extras=dict(
             cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, cu_window=cu_window,
             max_window=int((cu_window[1:] - cu_window[:-1]).max()), window_index=window_index,
-            rotary=rot))
+            rotary=rot, window_ids=window_ids, frame_ids=torch.zeros(n, dtype=torch.long, device=hidden.device)))
         return hidden, ctx
 
     def vision_blocks(self):
@@ -88,18 +90,17 @@ class QwenVisionMixin:
     def vision_layer_parts(self, index, ctx):
         blk = self._visual.blocks[index]
         attn = blk.attn
-        heads, hd = attn.num_heads, attn.head_dim
-        x = ctx.extras
-        cu = x["cu_seqlens"] if index in self._visual.fullatt_block_indexes else x["cu_window"]
-        n_tok = int(cu[-1])
-        # window id of every token (in the tower's window order): attention never crosses windows
-        window = torch.repeat_interleave(torch.arange(len(cu) - 1), (cu[1:] - cu[:-1]).long(), output_size=n_tok)
-        cos, sin = x["rotary"]
-        dim = attn.dim
-        if hasattr(attn, "qkv"):  # Qwen2.5-VL fuses the projections; the Omni tower keeps q, k, v apart
-            q_fn, k_fn, v_fn = (lambda h: attn.qkv(h)[..., :dim], lambda h: attn.qkv(h)[..., dim:2 * dim],
-                                lambda h: attn.qkv(h)[..., 2 * dim:])
-        else:
+        heads, hd, dim = attn.num_heads, attn.head_dim, attn.dim
+        full = index in self._visual.fullatt_block_indexes
+        window = ctx.extras["frame_ids" if full else "window_ids"]
+        cos, sin = ctx.extras["rotary"]
+        if hasattr(attn, "qkv"):
+            # Qwen2.5-VL fuses q/k/v in one Linear: project with slices of its weight, so that keys for all
+            # tokens and queries/values for a few rows each cost only their own third
+            w, b = attn.qkv.weight, attn.qkv.bias
+            q_fn, k_fn, v_fn = (lambda h, i=i: F.linear(h, w[i * dim:(i + 1) * dim], b[i * dim:(i + 1) * dim])
+                                for i in range(3))
+        else:  # the Omni tower keeps q, k, v apart
             q_fn, k_fn, v_fn = attn.q, attn.k, attn.v
 
         def attend(rows, q, k, v):
@@ -107,9 +108,10 @@ class QwenVisionMixin:
             k = k.reshape(-1, heads, hd)
             q, _ = apply_rotary_pos_emb_vision(q, q, cos[rows], sin[rows])
             k, _ = apply_rotary_pos_emb_vision(k, k, cos, sin)
-            mask = window[rows][:, None] == window[None, :]
-            out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.reshape(-1, heads, hd).transpose(0, 1),
-                                                 attn_mask=mask, scale=attn.scaling)
+            mask = window[rows][:, None] == window[None, :]  # attention never crosses a window
+            out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1),
+                                                 v.reshape(-1, heads, hd).transpose(0, 1), attn_mask=mask,
+                                                 scale=attn.scaling)
             return attn.proj(out.transpose(0, 1).reshape(len(rows), dim))
 
         return ViTLayerParts(norm1=blk.norm1, q=q_fn, k=k_fn, v=v_fn, attend=attend, norm2=blk.norm2, mlp=blk.mlp)

@@ -1,0 +1,119 @@
+"""STC-Cacher layer passes (spec §3) over one pre-norm ViT block taken apart (`ViTLayerParts`).
+
+Pure functions on one frame's block input `h [T, C]` (no batch dimension) and, for the selective pass, the
+layer's reference (`LayerRef`). Nothing is stored on modules; the caller keeps the returned references in
+the stream's state (`STCStreamState`).
+
+- `refresh_layer` is the unmodified block, `h1 = h + attend(q, k, v)(norm1(h))`, `out = h1 + mlp(norm2(h1))`,
+  computed once from the parts, and returns the reference it saw: K and V (after projection, before the head
+  split), A (attention output after the output projection, before the residual) and M (MLP output before the
+  residual).
+- `selective_layer` recomputes keys for all T tokens, picks the `n` least similar to the reference keys
+  (`selection.py`), and recomputes queries, values, attention and MLP only at those rows: values elsewhere are
+  the reference's, attention runs for the selected queries over all (new) keys and the mixed values, the
+  other rows take the cached A and M. Residuals always come from the current frame's `h`. References are not
+  changed.
+
+How the selective pass is computed (bit-for-bit the spec's `h1 = h + A_full; out = h1 + M_full`, without
+materialising A_full / M_full): `out = (h + A_ref) + M_ref` for every row, then the selected rows are
+overwritten with `(h + A_sel) + mlp(norm2(h + A_sel))`. LayerNorm/RMSNorm are per token, so normalising only
+the selected rows of `h1` equals selecting rows of `norm2(h1)`.
+
+Qwen2.5 vision tower (Qwen2.5-VL, Qwen2.5-Omni thinker) — what differs from SigLIP and why it still works:
+- Window attention: most blocks attend only inside a window, a few (`fullatt_block_indexes`) over the whole
+  frame. That lives inside `parts.attend`, which masks keys outside each query row's window; the cacher
+  passes the selected rows and all keys/values and never sees windows. A changed token therefore only makes
+  the cached attention of its own window stale in windowed blocks.
+- Token order: block inputs are in the tower's window order, not raster order. Selection, references and
+  scatters are all per position index, and the order is the same for every frame of one resolution, so the
+  order does not matter (a resolution change changes T or the layout and forces a refresh).
+- Rotary embeddings: `parts.k` returns keys BEFORE the rotary embedding (`attend` applies it to the
+  selected queries and to all keys). The selector therefore compares pre-rotary keys. At one position both
+  frames' keys would be rotated by the same orthogonal matrix, so the per-position cosine is the same either
+  way; comparing pre-rotary keys avoids the rotation's cost and keeps the selector independent of the
+  position scheme.
+- Fused projections: Qwen2.5-VL has one `qkv` linear and its parts slice q/k/v out of its output, so as the
+  adapter stands each of `parts.q/k/v` evaluates the whole fused `qkv` (a selective pass pays a full-width
+  qkv GEMM over all T rows for the keys, a refresh pass three). Slicing the weight instead would remove that
+  overhead without changing this module.
+- Patch merger: the cacher runs on the blocks only; the merger (projector) and then the STC-Pruner run
+  after it, on merged LLM-space tokens in raster order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmedge.compression.stc.selection import key_similarity, select_from_similarity
+
+
+@dataclass
+class LayerRef:
+    """One layer's reference from its last refresh pass, each `[T, C]` in the tower's dtype."""
+
+    k: torch.Tensor  # keys after projection (pre-rotary for Qwen towers), before the head split
+    v: torch.Tensor  # values after projection
+    attn: torch.Tensor  # attention output after the output projection, before the residual
+    mlp: torch.Tensor  # MLP output before the residual
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.k.shape[0])
+
+
+def refresh_layer(parts, h: torch.Tensor, x: torch.Tensor | None = None,
+                  k: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerRef]:
+    """The full block on `h [T, C]`; returns its output and the layer's new reference.
+
+    `x = norm1(h)` and `k = parts.k(x)` may be passed when the caller already has them (the refresh gate).
+    """
+    if x is None:
+        x = parts.norm1(h)
+    if k is None:
+        k = parts.k(x)
+    v = parts.v(x)
+    rows = torch.arange(h.shape[0], device=h.device)
+    a = parts.attend(rows, parts.q(x), k, v)
+    h1 = h + a
+    m = parts.mlp(parts.norm2(h1))
+    # contiguous copies only where q/k/v are slices of a fused projection (keeps [T, 3C] from living on)
+    return h1 + m, LayerRef(k=k.contiguous(), v=v.contiguous(), attn=a, mlp=m)
+
+
+def selective_layer(parts, h: torch.Tensor, ref: LayerRef, ratio: float, x: torch.Tensor | None = None,
+                    k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cached block on `h [T, C]` against `ref`; returns its output and the recomputed rows (ascending)."""
+    if h.shape[0] != ref.num_tokens:
+        raise ValueError(f"frame has {h.shape[0]} tokens but the layer reference has {ref.num_tokens}; refresh first")
+    if x is None:
+        x = parts.norm1(h)
+    if k is None:
+        k = parts.k(x)  # new keys for ALL tokens
+    idx = select_from_similarity(key_similarity(k, ref.k), ratio)
+    return selective_from_indices(parts, h, ref, idx, x=x, k=k), idx
+
+
+def selective_from_indices(parts, h: torch.Tensor, ref: LayerRef, idx: torch.Tensor, x: torch.Tensor | None = None,
+                           k: torch.Tensor | None = None) -> torch.Tensor:
+    """The selective pass with the recomputed rows `idx` given (for tests and for fixed-index replays)."""
+    if x is None:
+        x = parts.norm1(h)
+    if k is None:
+        k = parts.k(x)
+    xs = x[idx]
+    q_sel = parts.q(xs)
+    v_mix = ref.v.clone()
+    v_mix[idx] = parts.v(xs).to(v_mix.dtype)  # V_ref with the selected rows' new values scattered in
+    a_sel = parts.attend(idx, q_sel, k, v_mix)  # selected queries over all keys and the mixed values
+    out = (h + ref.attn) + ref.mlp  # rows that reuse the cache: h1 = h + A_ref, out = h1 + M_ref
+    h1_sel = h[idx] + a_sel
+    out[idx] = h1_sel + parts.mlp(parts.norm2(h1_sel))
+    return out
+
+
+def mean_key_similarity(parts, h: torch.Tensor, ref: LayerRef) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """`mean_t cos(K[t], K_ref[t])` for the refresh gate, with the `x` and `k` it computed (to reuse)."""
+    x = parts.norm1(h)
+    k = parts.k(x)
+    return float(key_similarity(k, ref.k).mean()), x, k

@@ -1,0 +1,142 @@
+"""`--method stc`: STC-Cacher in the vision stage and STC-Pruner after the projector, one state per stream.
+
+Settings (`stc:tokens=64,ratio=0.25,...`):
+- `tokens` (64): tokens kept per frame by the pruner, clamped to the frame's P.
+- `ratio` (0.25): the cacher's update ratio r, the fraction of tokens each selective layer recomputes
+  (not a keep ratio; the pruner's budget is `tokens`).
+- `cache_interval` (2): N, a refresh (full) pass every N frames; frames in between are selective.
+- `scorer` ("gaussian" | "dual_anchor"), `alpha` (0.5, dual_anchor only), `channel_ratio` (0.5).
+- `cacher`, `pruner` (both on): switch either module off ("pruner only" / "cacher only" benches).
+- `refresh_gate` (off), `gate_threshold` (0.85): our extension; a selective frame whose mean key cosine at
+  the first block is below the threshold runs as a refresh instead.
+- `memory_mode` ("full" | "legacy_subset_list"): the pruner memory's channel space (spec §9).
+
+The pruner sees a frame's compressible tokens as the adapter projects them (`FrameTokens.features`, P of
+them; trailers such as LLaVA-OneVision's `image_newline` are never dropped). For LLaVA-OneVision that is the
+whole SigLIP grid (the adapter does not pool streaming frames), so the spec's "64 of 196" corresponds to
+`tokens = round(P * 64 / 196)` here. A "chunk" of the spec is one frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from vlmedge.compression.base import Compressor, FrameContext, Selection
+from vlmedge.compression.registry import register
+from vlmedge.compression.stc.cacher import mean_key_similarity, refresh_layer, selective_layer
+from vlmedge.compression.stc.pruner import MEMORY_MODES, SCORERS, prune_chunk
+from vlmedge.compression.stc.state import STCStreamState, refresh_due
+from vlmedge.errors import InputError
+
+
+@register("stc")
+@dataclass
+class STC(Compressor):
+    tokens: int = 64
+    ratio: float = 0.25
+    cache_interval: int = 2
+    scorer: str = "gaussian"
+    alpha: float = 0.5
+    channel_ratio: float = 0.5
+    cacher: bool = True
+    pruner: bool = True
+    refresh_gate: bool = False
+    gate_threshold: float = 0.85
+    memory_mode: str = "full"
+
+    def __post_init__(self):
+        def check(ok: bool, msg: str):
+            if not ok:
+                raise InputError(f"stc: {msg}")
+
+        check(isinstance(self.tokens, int) and not isinstance(self.tokens, bool) and self.tokens >= 1,
+              f"tokens must be a positive count of tokens kept per frame, got {self.tokens!r}")
+        check(_is_num(self.ratio) and 0.0 < self.ratio <= 1.0,
+              f"ratio (the cacher's update ratio r) must be in (0, 1], got {self.ratio!r}")
+        check(isinstance(self.cache_interval, int) and not isinstance(self.cache_interval, bool)
+              and self.cache_interval >= 1, f"cache_interval must be an integer >= 1, got {self.cache_interval!r}")
+        check(self.scorer in SCORERS, f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        check(_is_num(self.alpha) and 0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha!r}")
+        check(_is_num(self.channel_ratio) and 0.0 < self.channel_ratio <= 1.0,
+              f"channel_ratio must be in (0, 1], got {self.channel_ratio!r}")
+        check(_is_num(self.gate_threshold) and -1.0 <= self.gate_threshold <= 1.0,
+              f"gate_threshold is a cosine similarity and must be in [-1, 1], got {self.gate_threshold!r}")
+        check(self.memory_mode in MEMORY_MODES,
+              f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}")
+        check(isinstance(self.cacher, bool) and isinstance(self.pruner, bool) and isinstance(self.refresh_gate, bool),
+              "cacher, pruner and refresh_gate must be true or false")
+
+    def new_state(self) -> STCStreamState:
+        return STCStreamState()
+
+    # ----- vision stage (STC-Cacher) -----
+    @torch.no_grad()
+    def encode_frame(self, adapter, frame, state: STCStreamState, taps: Sequence[int] | None = None):
+        taps = tuple(self.taps if taps is None else taps)
+        if not self.cacher:
+            return adapter.encode_frame(frame, taps=taps)
+        _need_state(state)
+        hidden, ctx = adapter.vision_embed(adapter.pixels(frame))
+        return self.encode_hidden(adapter, hidden, ctx, state, taps)
+
+    def encode_hidden(self, adapter, hidden, ctx, state: STCStreamState, taps: Sequence[int] = ()):
+        """The blocks (cached), projector and taps for one frame's embedded patches; updates `state`."""
+        n_blocks = len(adapter.vision_blocks())
+        wanted = {adapter.block_index(t) for t in taps}
+        num_tokens = adapter.vision_tokens(hidden).shape[0]
+        refresh = refresh_due(state, n_blocks, num_tokens, self.cache_interval)
+        gate_sim, gated, pre = None, False, (None, None)
+        if not refresh and self.refresh_gate:
+            parts = adapter.vision_layer_parts(0, ctx)
+            gate_sim, x0, k0 = mean_key_similarity(parts, adapter.vision_tokens(hidden), state.refs[0])
+            gated = refresh = gate_sim < self.gate_threshold
+            pre = (x0, k0)
+        new_refs = []
+        got: dict[int, torch.Tensor] = {}
+        for i in range(n_blocks):
+            parts = adapter.vision_layer_parts(i, ctx)
+            h = adapter.vision_tokens(hidden)
+            x, k = pre if i == 0 else (None, None)
+            if refresh:
+                out, ref = refresh_layer(parts, h, x=x, k=k)
+                new_refs.append(ref)
+            else:
+                out, _ = selective_layer(parts, h, state.refs[i], self.ratio, x=x, k=k)
+            hidden = adapter.vision_hidden(out, hidden)
+            if i in wanted:
+                got[i] = adapter.tap_to_raster(hidden, ctx)
+        result = adapter.vision_project(hidden, ctx)
+        result.taps = {t: got[adapter.block_index(t)] for t in taps}
+        # the state changes only once the frame went through
+        if refresh:
+            state.refs, state.num_tokens = new_refs, num_tokens
+            state.since_refresh, state.ref_frame = 0, state.frames
+            state.refreshes += 1
+            state.gated += int(gated)
+        else:
+            state.since_refresh += 1
+            state.selective += 1
+        state.last_refresh, state.last_gate_similarity = refresh, gate_sim
+        state.frames += 1
+        return result
+
+    # ----- after the projector (STC-Pruner) -----
+    def compress(self, tokens, ctx: FrameContext, state: STCStreamState) -> Selection:
+        p = tokens.num_tokens
+        if not self.pruner:
+            return Selection(keep=torch.arange(p))
+        _need_state(state)
+        res = prune_chunk(tokens.features, state.memory, min(self.tokens, p), scorer=self.scorer, alpha=self.alpha,
+                          channel_ratio=self.channel_ratio, memory_mode=self.memory_mode)
+        return Selection(keep=res.keep[0].cpu())
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _need_state(state):
+    if not isinstance(state, STCStreamState):
+        raise TypeError("stc needs its per-stream state: pass the object from STC.new_state() (one per stream)")

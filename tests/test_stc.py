@@ -1,0 +1,368 @@
+"""STC (spec ../shared/specs/stc.md): test vectors S-TV1, S-TV3, S-TV4 (a)-(d), S-TV5 and the stream properties."""
+import math
+
+import pytest
+import torch
+
+from conftest import FAMILIES, make_frames
+from vlmedge.compression import FrameContext, get_method
+from vlmedge.compression.stc import (STC, PrunerMemory, STCStreamState, keep_from_scores, num_dynamic, prune_chunk,
+                                     refresh_due, refresh_layer, score_tokens, select_channels, select_dynamic_tokens,
+                                     selective_from_indices, selective_layer)
+from vlmedge.errors import InputError, UnknownNameError
+from vlmedge.models.base import FrameTokens
+from vlmedge.runtime.session import StreamingSession
+
+TOWERS = FAMILIES  # SigLIP (llava_onevision) and the Qwen2.5 tower (fused qkv in VL, split q/k/v in Omni)
+
+
+# ----------------------------------------------------------------------------- pruner (S-TV1)
+def stv1_tokens() -> torch.Tensor:
+    rows = []
+    for t in range(196):
+        if t in (10, 50, 100, 150, 190):
+            u = [-1.0, 1.0, -1.0, 1.0]
+        else:
+            u = [1 + 0.01 * math.sin(t), 0.5 + 0.01 * math.cos(t), 0.25 + 0.01 * math.sin(2 * t),
+                 0.125 + 0.01 * math.cos(2 * t)]
+        hi = [3 * math.sin(0.3 * (t + 1) * (c + 1)) for c in range(4)]
+        rows.append([0.1 * x for x in u] + hi)
+    return torch.tensor(rows, dtype=torch.float64).float()  # [196, 8]
+
+
+def test_stv1_gaussian_pruner_single_chunk():
+    z = stv1_tokens()
+    mem = PrunerMemory()
+    res = prune_chunk(z, mem, k=5)
+    assert res.channels.tolist() == [1, 3, 2, 0]
+    assert res.keep.tolist() == [[10, 50, 100, 150, 190]]
+    s = res.scores[0].sort().values
+    assert float(s[5] - s[4]) == pytest.approx(8.09, abs=0.01)  # score gap at the k boundary
+    assert mem.mem_count == 1  # the memory holds one chunk
+    torch.testing.assert_close(mem.mem_sum, z.mean(0))
+
+
+def test_stv1_through_the_method_and_memory_is_updated_before_scoring():
+    z = stv1_tokens()
+    m = get_method("stc:tokens=5")
+    state = m.new_state()
+    sel = m.compress(FrameTokens(features=z, grid_hw=(14, 14), trailer=z.new_zeros(0, 8)), FrameContext(0, 0.0), state)
+    assert sel.keep.tolist() == [10, 50, 100, 150, 190] and sel.features is None
+    # first chunk: the temporal anchor is this chunk's own mean in the selected channels
+    sel_ch = select_channels(z)
+    manual = score_tokens(z[None], z[:, sel_ch].mean(0), sel_ch)
+    torch.testing.assert_close(prune_chunk(z, PrunerMemory(), 5).scores, manual)
+
+
+def test_dual_anchor_keeps_highest_and_matches_formula():
+    z = stv1_tokens()
+    res = prune_chunk(z, PrunerMemory(), k=5, scorer="dual_anchor", alpha=0.5)
+    assert res.keep.tolist() == [[10, 50, 100, 150, 190]]  # the outliers are farthest from both anchors
+    zs = z[:, res.channels]
+    a_t = torch.nn.functional.normalize(zs.mean(0), dim=-1)
+    a_s = torch.nn.functional.normalize(zs.mean(0), dim=-1)
+    cos = lambda a: torch.nn.functional.cosine_similarity(zs, a[None], dim=-1)  # noqa: E731
+    torch.testing.assert_close(res.scores[0], 0.5 * (1 - cos(a_t)) + 0.5 * (1 - cos(a_s)))
+    assert keep_from_scores(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2, "dual_anchor").tolist() == [[0, 2]]
+    assert keep_from_scores(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2, "gaussian").tolist() == [[1, 3]]
+
+
+def test_memory_is_full_channel_running_mean_and_legacy_mode_agrees_while_channels_stay():
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(12, 6, generator=g) * torch.tensor([1, 4, 16, 64, 256, 1024.0]) for _ in range(3)]
+    full, legacy = PrunerMemory(), PrunerMemory()
+    for i, z in enumerate(frames):
+        a = prune_chunk(z, full, k=4)
+        b = prune_chunk(z, legacy, k=4, memory_mode="legacy_subset_list")
+        assert a.channels.tolist() == [0, 1, 2]  # the channel set never changes here, so both modes agree
+        torch.testing.assert_close(a.scores, b.scores)
+        assert a.keep.tolist() == b.keep.tolist()
+        assert full.mem_count == i + 1
+    torch.testing.assert_close(full.mem_sum / full.mem_count, torch.stack([f.mean(0) for f in frames]).mean(0))
+    assert full.mem_sum.dtype == torch.float32 and full.mem_sum.shape == (6,)
+    # when the selected channel set changes, the legacy list mixes channels and the two modes part
+    full, legacy = PrunerMemory(), PrunerMemory()
+    z0, z1 = frames[0], frames[1].flip(-1)  # second chunk: the low-variance channels are now 3, 4, 5
+    prune_chunk(z0, full, k=4), prune_chunk(z0, legacy, k=4, memory_mode="legacy_subset_list")
+    a = prune_chunk(z1, full, k=4)
+    b = prune_chunk(z1, legacy, k=4, memory_mode="legacy_subset_list")
+    assert a.channels.tolist() == [5, 4, 3] and not torch.allclose(a.scores, b.scores)
+
+
+# ----------------------------------------------------------------------------- selection (S-TV3)
+def test_stv3_dynamic_token_selection():
+    sims = [1, 1, -0.909, 1, 1, 0.616, 1, 1]
+    ref = torch.zeros(8, 4)
+    ref[:, 0] = 1
+    cur = torch.zeros(8, 4)
+    for t, s in enumerate(sims):
+        cur[t, 0], cur[t, 1] = s, math.sqrt(max(0.0, 1 - s * s))
+    cur = cur * 3.0  # cosine ignores scale
+    assert select_dynamic_tokens(cur, ref, 0.25).tolist() == [2, 5]
+    assert num_dynamic(729, 0.25) == 182 and num_dynamic(8, 0.01) == 1 and num_dynamic(8, 1.0) == 8
+    # returned ascending even when topk finds them in another order
+    assert select_dynamic_tokens(cur[[5, 1, 2, 3, 4, 0, 6, 7]], ref, 0.25).tolist() == [0, 2]
+
+
+# ----------------------------------------------------------------------------- cacher (S-TV4) per layer
+def block_inputs(a, frame):
+    """Every block's input `[T, C]` for one frame, and the context."""
+    with torch.no_grad():
+        hidden, ctx = a.vision_embed(a.pixels(frame))
+        ins = []
+        for i in range(len(a.vision_blocks())):
+            ins.append(a.vision_tokens(hidden))
+            hidden = a.vision_block_forward(i, hidden, ctx)
+    return ins, ctx, hidden
+
+
+@pytest.mark.parametrize("family", TOWERS)
+@torch.no_grad()
+def test_stv4_cacher_layer_properties(tiny_adapters, family):
+    a = tiny_adapters[family]
+    f0, f1 = make_frames(2, seed=3)
+    ins0, ctx, _ = block_inputs(a, f0)
+    ins1, _, _ = block_inputs(a, f1)
+    for i in range(len(a.vision_blocks())):
+        parts = a.vision_layer_parts(i, ctx)
+        h, hc = ins0[i], ins1[i]
+        T = h.shape[0]
+        # (a) the refresh pass is the unpatched layer: exactly the block taken apart, and the HF block to 1e-5
+        out, ref = refresh_layer(parts, h)
+        x = parts.norm1(h)
+        rows = torch.arange(T)
+        attn = parts.attend(rows, parts.q(x), parts.k(x), parts.v(x))
+        h1 = h + attn
+        mlp = parts.mlp(parts.norm2(h1))
+        assert torch.equal(out, h1 + mlp)
+        assert torch.equal(ref.attn, attn) and torch.equal(ref.mlp, mlp)
+        assert torch.equal(ref.k, parts.k(x)) and torch.equal(ref.v, parts.v(x)) and ref.k.shape == (T, h.shape[1])
+        hf = a.vision_tokens(a.vision_block_forward(i, h.reshape(_block_shape(a, h)), ctx))
+        torch.testing.assert_close(out, hf, atol=1e-5, rtol=1e-5)
+        # (b) r = 1 equals the full layer on another frame, max error 0.0
+        full_c, _ = refresh_layer(parts, hc)
+        sel_out, idx = selective_layer(parts, hc, ref, 1.0)
+        assert idx.tolist() == list(range(T))
+        assert (sel_out - full_c).abs().max().item() == 0.0
+        # (c) a frame identical to the reference reproduces the full output (only rounding differs)
+        same, _ = selective_layer(parts, h, ref, 0.25)
+        torch.testing.assert_close(same, out, atol=1e-6, rtol=1e-6)
+        # (d) only tokens {2, 5} changed: they are selected, exact; others keep stale attention/MLP deltas
+        g = torch.Generator().manual_seed(i)
+        hd = h.clone()
+        hd[[2, 5]] += 3.0 * torch.randn(2, h.shape[1], generator=g)
+        full_d, _ = refresh_layer(parts, hd)
+        out_d, idx_d = selective_layer(parts, hd, ref, 2.5 / T)
+        assert idx_d.tolist() == [2, 5]
+        torch.testing.assert_close(out_d[[2, 5]], full_d[[2, 5]], atol=1e-5, rtol=1e-5)
+        err = (out_d - full_d).abs().amax(dim=1)
+        others = torch.tensor([t for t in range(T) if t not in (2, 5)])
+        win = _window_ids(a, i, ctx, T)
+        affected = others[(win[others] == win[2]) | (win[others] == win[5])]
+        untouched = others[(win[others] != win[2]) & (win[others] != win[5])]
+        assert affected.numel() > 0 and bool((err[affected] > 1e-4).all()), "stale rows must differ from the full layer"
+        # windowed Qwen blocks: attention never crosses windows, so other windows' cached rows stay exact
+        assert untouched.numel() == 0 or float(err[untouched].max()) < 1e-5
+        # selective_from_indices with the same rows is the same computation
+        assert torch.equal(selective_from_indices(parts, hd, ref, idx_d), out_d)
+
+
+def _block_shape(a, h):
+    return (1, *h.shape) if a.family == "llava_onevision" else tuple(h.shape)
+
+
+def _window_ids(a, index, ctx, T):
+    """Attention-window id of every token of block `index` (one window for global attention)."""
+    if a.family == "llava_onevision":
+        return torch.zeros(T, dtype=torch.long)
+    x = ctx.extras
+    cu = x["cu_seqlens"] if index in a._visual.fullatt_block_indexes else x["cu_window"]
+    return torch.repeat_interleave(torch.arange(len(cu) - 1), (cu[1:] - cu[:-1]).long())
+
+
+def test_qwen_tiny_tower_has_both_window_and_full_blocks(tiny_adapters):
+    a = tiny_adapters["qwen2_5_vl"]
+    _, ctx, _ = block_inputs(a, make_frames(1)[0])
+    T = a.vision_tokens(a.vision_embed(a.pixels(make_frames(1)[0]))[0]).shape[0]
+    assert len(set(_window_ids(a, 0, ctx, T).tolist())) > 1 and len(set(_window_ids(a, 1, ctx, T).tolist())) == 1
+
+
+# ----------------------------------------------------------------------------- schedule (S-TV5)
+@torch.no_grad()
+def test_stv5_schedule_and_reference_frames(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    m = get_method("stc:tokens=6,cache_interval=2")
+    state = m.new_state()
+    frames = make_frames(6, seed=5)
+    modes, ref_frames, refs_seen = [], [], []
+    for f in frames:
+        m.encode_frame(a, f, state)
+        modes.append("full" if state.last_refresh else "sel")
+        ref_frames.append(state.ref_frame)
+        refs_seen.append(list(state.refs))
+    assert modes == ["full", "sel", "full", "sel", "full", "sel"]
+    assert [ref_frames[i] for i in (1, 3, 5)] == [0, 2, 4]
+    for i in (1, 3, 5):  # a selective frame keeps (and used) the previous refresh's tensors, untouched
+        assert all(r is p for r, p in zip(refs_seen[i], refs_seen[i - 1]))
+    assert state.refreshes == 3 and state.selective == 3 and state.frames == 6
+    # N = 3 and N = 1
+    for n, expect in [(3, [1, 0, 0, 1, 0, 0]), (1, [1] * 6)]:
+        m3, st = get_method(f"stc:cache_interval={n}"), STCStreamState()
+        got = []
+        for f in frames:
+            m3.encode_frame(a, f, st)
+            got.append(int(st.last_refresh))
+        assert got == expect
+
+
+def test_refresh_due_rules():
+    st = STCStreamState()
+    assert refresh_due(st, 2, 16, 2)  # first frame
+    st.frames, st.num_tokens, st.refs, st.since_refresh = 1, 16, [object(), object()], 0
+    st.refs = [type("R", (), {"num_tokens": 16})() for _ in range(2)]
+    assert not refresh_due(st, 2, 16, 2)
+    assert refresh_due(st, 2, 20, 2)  # T changed
+    assert refresh_due(st, 3, 16, 2)  # a layer without a reference
+    st.since_refresh = 1
+    assert refresh_due(st, 2, 16, 2)
+
+
+# ----------------------------------------------------------------------------- stream-level properties
+def encode_stream(m, a, frames, state):
+    outs = []
+    for i, f in enumerate(frames):
+        tok = m.encode_frame(a, f, state)
+        sel = m.compress(tok, FrameContext(i, float(i)), state)
+        outs.append((tok.features, sel.keep))
+    return outs
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@torch.no_grad()
+def test_r1_equals_full_encode_and_identical_frame_reproduces_full(tiny_adapters, family):
+    a = tiny_adapters[family]
+    f0, f1 = make_frames(2, seed=7)
+    m, st = get_method("stc:ratio=1.0"), STCStreamState()
+    m.encode_frame(a, f0, st)
+    out = m.encode_frame(a, f1, st)
+    assert st.last_refresh is False
+    always = get_method("stc:cache_interval=1")
+    assert torch.equal(out.features, always.encode_frame(a, f1, STCStreamState()).features)
+    torch.testing.assert_close(out.features, a.encode_frame(f1).features, atol=1e-5, rtol=1e-5)
+    # the same frame again (selective at r = 0.25) gives the full output
+    m2, st2 = get_method("stc"), STCStreamState()
+    first = m2.encode_frame(a, f0, st2)
+    again = m2.encode_frame(a, f0, st2)
+    assert st2.last_refresh is False
+    torch.testing.assert_close(again.features, first.features, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again.features, a.encode_frame(f0).features, atol=1e-5, rtol=1e-5)
+    # a different frame at r = 0.25 really reuses the cache (differs from the full encode)
+    other = m2.encode_frame(a, f1, get_method("stc").new_state())  # fresh: refresh, equals full
+    torch.testing.assert_close(other.features, a.encode_frame(f1).features, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_streams_are_independent_and_reset_forgets(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    m = get_method("stc:tokens=5")
+    fa, fb = make_frames(4, seed=11), make_frames(4, seed=12)
+    alone_a = encode_stream(m, a, fa, m.new_state())
+    alone_b = encode_stream(m, a, fb, m.new_state())
+    sa, sb = m.new_state(), m.new_state()
+    for i in range(4):  # interleaved on one model instance
+        for frames, st, alone in ((fa, sa, alone_a), (fb, sb, alone_b)):
+            tok = m.encode_frame(a, frames[i], st)
+            sel = m.compress(tok, FrameContext(i, float(i)), st)
+            assert torch.equal(tok.features, alone[i][0]) and torch.equal(sel.keep, alone[i][1])
+    # reset clears references, counters and memory; the stream then repeats a fresh one exactly
+    assert sa.refs and sa.memory.mem_count == 4
+    sa.reset()
+    assert sa.refs == [] and sa.memory.mem_sum is None and sa.memory.mem_count == 0 and sa.frames == 0
+    assert sa.ref_frame is None and sa.since_refresh == 0
+    again = encode_stream(m, a, fa, sa)
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(again, alone_a))
+    # nothing was stored on the model's modules
+    assert not any(n.startswith(("reference", "_stc")) for mod in a.model.modules() for n in vars(mod))
+
+
+@torch.no_grad()
+def test_switches_and_gate(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    frames = make_frames(4, seed=2)
+    # taps, as Adapter.encode_frame gives them (a refresh frame is the full tower)
+    m, st = get_method("stc"), STCStreamState()
+    tapped = m.encode_frame(a, frames[0], st, taps=(0, -1))
+    plain = a.encode_frame(frames[0], taps=(0, -1))
+    assert set(tapped.taps) == {0, -1}
+    for t in (0, -1):
+        torch.testing.assert_close(tapped.taps[t], plain.taps[t], atol=1e-5, rtol=1e-5)
+    # cacher off: the adapter's own encoder, state untouched
+    m = get_method("stc:cacher=false")
+    st = m.new_state()
+    for f in frames:
+        assert torch.equal(m.encode_frame(a, f, st).features, a.encode_frame(f).features)
+    assert st.frames == 0 and st.refs == []
+    # pruner off: everything kept, memory untouched
+    m = get_method("stc:pruner=off")
+    st = m.new_state()
+    tok = m.encode_frame(a, frames[0], st)
+    assert m.compress(tok, FrameContext(0, 0.0), st).keep.tolist() == list(range(tok.num_tokens))
+    assert st.memory.mem_count == 0
+    # gate at threshold 1: every different frame refreshes; at -1 the gate never fires
+    for thr, expect, gated in [(1.0, [1, 1, 1, 1], 3), (-1.0, [1, 0, 1, 0], 0)]:
+        m, st = get_method(f"stc:refresh_gate=true,gate_threshold={thr}"), STCStreamState()
+        got = []
+        for f in frames:
+            out = m.encode_frame(a, f, st)
+            got.append(int(st.last_refresh))
+        assert got == expect and st.gated == gated
+        if thr == 1.0:
+            assert st.last_gate_similarity is not None and st.last_gate_similarity < 1.0
+            torch.testing.assert_close(out.features, a.encode_frame(frames[-1]).features, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_session_end_to_end(tiny_adapters, family):
+    a = tiny_adapters[family]
+    s = StreamingSession(a, "stc:tokens=6", max_new_tokens=2)
+    assert isinstance(s.method, STC) and isinstance(s.method_state, STCStreamState)
+    frames = make_frames(3, seed=4)
+    for i, f in enumerate(frames):
+        st = s.push_frame(f, time_s=float(i))
+        assert st.tokens_kept == min(6, st.tokens_in)
+    assert [bool(x) for x in (s.method_state.refreshes, s.method_state.selective)] == [True, True]
+    assert s.method_state.memory.mem_count == 3
+    assert s.ask("what is there?").frames == 3
+    # kept indices ascending, budget clamped to P
+    m = get_method("stc:tokens=1000")
+    state = m.new_state()
+    tok = m.encode_frame(a, frames[0], state)
+    sel = m.compress(tok, FrameContext(0, 0.0), state)
+    assert sel.keep.tolist() == list(range(tok.num_tokens))
+    sel = get_method("stc:tokens=6").compress(tok, FrameContext(0, 0.0), STCStreamState())
+    assert sel.keep.numel() == 6 and bool((sel.keep[1:] > sel.keep[:-1]).all())
+    # a session reset starts a fresh STC state
+    s.reset()
+    assert s.method_state.frames == 0 and s.method_state.memory.mem_count == 0
+
+
+def test_settings_are_typed_validated_and_round_trip():
+    m = get_method("stc")
+    got = (m.tokens, m.ratio, m.cache_interval, m.scorer, m.alpha, m.channel_ratio)
+    assert got == (64, 0.25, 2, "gaussian", 0.5, 0.5)
+    assert m.cacher and m.pruner and not m.refresh_gate and m.gate_threshold == 0.85
+    m = get_method("stc:tokens=64,ratio=0.5,cache_interval=3,scorer=dual_anchor,alpha=0.7,refresh_gate=on")
+    assert get_method(m.spec()) == m
+    for spec, msg in [("stc:ratio=0", r"ratio .* must be in \(0, 1\]"), ("stc:ratio=1.5", r"ratio"),
+                      ("stc:scorer=foo", "scorer must be one of gaussian, dual_anchor"),
+                      ("stc:tokens=0", "tokens must be a positive"), ("stc:cache_interval=0", "cache_interval"),
+                      ("stc:alpha=2", "alpha"), ("stc:channel_ratio=0", "channel_ratio"),
+                      ("stc:gate_threshold=2", "gate_threshold"), ("stc:memory_mode=list", "memory_mode"),
+                      ("stc:cacher=maybe", "must be bool"), ("stc:tokens=many", "must be int")]:
+        with pytest.raises(InputError, match=msg):
+            get_method(spec)
+    with pytest.raises(UnknownNameError, match="no setting 'window'"):
+        get_method("stc:window=3")
+    with pytest.raises(TypeError, match="per-stream state"):
+        frame = FrameTokens(torch.zeros(4, 2), (2, 2), torch.zeros(0, 2))
+        get_method("stc").compress(frame, FrameContext(0, 0.0), None)
