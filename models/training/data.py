@@ -37,13 +37,37 @@ class TypeWeights:
         return {q: 1 + int(s) for q, s in zip(self.qtypes, share)}
 
 
-def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None):
-    """(stream, [(frame, text, answer, qtype)]) for one training seed."""
+@dataclass
+class Example:
+    """A clip `frames[start:end]` of a stream and questions asked after its frames (indices within the clip)."""
+
+    stream: object
+    start: int
+    end: int
+    questions: list  # [(frame_in_clip, text, answer, qtype)]
+
+
+def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None,
+                   crop: bool = False) -> list[Example]:
+    """The questions of one training seed, as one whole-stream example or (crop=True) as one short clip per
+    asking frame holding just the frames that answer its questions.
+
+    Whole streams are what inference sees: every frame from the start, so "now" questions must find the
+    latest frame among several similar ones. Crops teach what to look for without that search (what the
+    reference-model notes trained on); a mix of both, cropped more early on, learns fastest.
+    """
     stream = camworld.generate(seed, config, split="train" if seed < camworld.EVAL_SEED_START else "eval")
     qs = []
     for qtype, k in counts.items():
         qs += camworld.sample_questions(stream, rng, per_type=k, qtypes=(qtype,))
-    return stream, [(q.frame, q.text, q.answer, q.qtype) for q in qs]
+    if not crop:
+        return [Example(stream, 0, stream.num_frames, [(q.frame, q.text, q.answer, q.qtype) for q in qs])]
+    out = []
+    for frame in sorted({q.frame for q in qs}):
+        at = [q for q in qs if q.frame == frame]
+        start = min(q.evidence_start for q in at)
+        out.append(Example(stream, start, frame + 1, [(frame - start, q.text, q.answer, q.qtype) for q in at]))
+    return out
 
 
 def training_seeds(rng: np.random.Generator, n: int) -> list[int]:

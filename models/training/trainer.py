@@ -32,6 +32,8 @@ class TrainConfig:
     seed: int = 0
     batch: int = 8  # streams per step
     questions: int = 18  # questions per stream
+    crop_start: float = 0.9  # share of streams trained as short evidence clips at the start ...
+    crop_end: float = 0.25  # ... falling linearly to this share at 70% of the budget
     lr: float = 1.5e-3
     warmup: int = 150
     min_lr_frac: float = 0.05
@@ -50,18 +52,17 @@ def qtypes_for(family: str) -> tuple[str, ...]:
     return tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
 
 
-def pack_stream(adapter, stream, tokens, questions, family: str):
-    """One stream's frames (and for omni models, each complete second of audio) in session order."""
+def pack_example(adapter, ex, tokens, family: str):
+    """One clip's frames (and for omni models, each complete second of audio) in session order."""
     packer = StreamPacker(adapter)
-    spt = 0.04
+    stream = ex.stream
     per_sec = int(round(stream.fps))
-    for i, tok in enumerate(tokens):
+    for i, tok in zip(range(ex.start, ex.end), tokens):
         packer.frame(tok, stream.frame_time(i))
         if family == "qwen2_5_omni" and stream.audio.size and (i + 1) % per_sec == 0:
             sec = (i + 1) // per_sec - 1
-            feats = stream.audio_tokens[sec]
-            packer.audio(feats, float(sec), spt)
-    return packer.build(questions)
+            packer.audio(stream.audio_tokens[sec], float(sec), 0.04)
+    return packer.build(ex.questions)
 
 
 def attach_audio_tokens(adapter, streams, family):
@@ -78,14 +79,13 @@ def attach_audio_tokens(adapter, streams, family):
 
 
 def forward_batch(adapter, examples, family):
-    streams = [s for s, _ in examples]
-    all_frames = [f for s in streams for f in s.frames]
-    tokens = adapter.encode_frames(all_frames)
+    streams = list({id(ex.stream): ex.stream for ex in examples}.values())
+    tokens = adapter.encode_frames([f for ex in examples for f in ex.stream.frames[ex.start:ex.end]])
     attach_audio_tokens(adapter, streams, family)
     packed, k = [], 0
-    for stream, qs in examples:
-        n = len(stream.frames)
-        packed.append(pack_stream(adapter, stream, tokens[k:k + n], qs, family))
+    for ex in examples:
+        n = ex.end - ex.start
+        packed.append(pack_example(adapter, ex, tokens[k:k + n], family))
         k += n
     embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
     logits = adapter.forward_packed(embeds, positions, mask)
@@ -108,7 +108,7 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     types = qtypes_for(cfg.family)
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
-        ex = [data.stream_example(s, rng, {q: 1 for q in types}) for s in seeds[chunk:chunk + cfg.batch]]
+        ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
         logits, _, packed = forward_batch(adapter, ex, cfg.family)
         for q, c in correct_by_type(logits, packed):
             hits.setdefault(q, []).append(c)
@@ -205,18 +205,29 @@ def train(cfg: TrainConfig, log=print) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         counts = weights.per_type(cfg.questions)
-        examples = [data.stream_example(s, rng, counts) for s in data.training_seeds(rng, cfg.batch)]
-        logits, targets, packed = forward_batch(adapter, examples, cfg.family)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        # cropped clips first, whole streams more and more: p(crop) falls from crop_start to crop_end
+        p_crop = cfg.crop_start + (cfg.crop_end - cfg.crop_start) * min(1.0, frac / 0.7)
+        examples = [e for s in data.training_seeds(rng, cfg.batch)
+                    for e in data.stream_example(s, rng, counts, crop=bool(rng.random() < p_crop))]
+        # short clips and whole streams go in separate forward passes, so clips are not padded to a stream
+        groups = [[e for e in examples if e.end - e.start < e.stream.num_frames],
+                  [e for e in examples if e.end - e.start == e.stream.num_frames]]
+        n_targets = sum(2 * len(e.questions) for e in examples)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for group in filter(None, groups):
+            logits, targets, packed = forward_batch(adapter, group, cfg.family)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   ignore_index=-100, reduction="sum") / n_targets
+            loss.backward()
+            loss_sum += loss.item()
+            for q, c in correct_by_type(logits.detach(), packed):
+                weights.update(q, c)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        for q, c in correct_by_type(logits.detach(), packed):
-            weights.update(q, c)
         step += 1
         elapsed += time.perf_counter() - t0
-        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        loss_avg = loss_sum if loss_avg is None else 0.98 * loss_avg + 0.02 * loss_sum
         now = time.perf_counter()
         if now - last_log > 30 or step == 1:
             last_log = now

@@ -1,0 +1,209 @@
+"""Export orchestration: adapter + method → an export directory (stage files, tokenizer, manifest.json).
+
+The exporter runs every registered stage that applies (see `stages.plan`), prints progress per stage, copies
+what the runtime needs besides the graphs (tokenizer files, prompt format, position scheme, pixel
+normalisation, token layout) so a backend never needs the torch model, checksums every file it wrote and
+writes the manifest last (a directory without a manifest is never mistaken for a finished export).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+from vlmedge.errors import InputError
+from vlmedge.export.manifest import (FORMAT, MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, TARGETS, FileEntry, Manifest,
+                                     MethodInfo, ModelInfo, RuntimeInfo, StageSpec, position_spec, sha256_file,
+                                     versions)
+from vlmedge.export.stages import ExportError, ExportJob, kv_shape, plan
+
+TOKENIZER_DIR = "tokenizer"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+GPU_TARGETS = ("desktop", "orin-nano", "orin-nx", "orin-agx")
+
+
+def _check_options(target, precision, opset, exporter, max_frames):
+    if target not in TARGETS:
+        raise InputError(f"target {target!r} is not one of {', '.join(TARGETS)}")
+    if precision not in PRECISIONS:
+        hint = " (int8 comes from `vlmedge calibrate`)" if precision == "int8" else ""
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}{hint}")
+    if not isinstance(opset, int) or not 17 <= opset <= 23:
+        raise InputError(f"opset must be an integer from 17 to 23, got {opset!r}")
+    if exporter not in EXPORTERS:
+        raise InputError(f"exporter {exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise InputError(f"max_frames must be a positive integer, got {max_frames!r}")
+
+
+def prepare_out_dir(out_dir: str, force: bool) -> set[str]:
+    """Makes `out_dir` ready; returns the files already there that this export leaves alone.
+
+    A non-empty directory needs `force`; then the previous export's files (those its manifest lists, and
+    the names this exporter writes) are removed and anything else is left in place, untouched.
+    """
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out {out_dir!r} is a file; give a directory")
+    os.makedirs(out_dir, exist_ok=True)
+    if os.listdir(out_dir):
+        if not force:
+            raise InputError(f"output directory {out_dir!r} is not empty; pass --force to replace the export in it "
+                             "(or choose a new directory)")
+        doomed = {MANIFEST_NAME}
+        try:
+            with open(os.path.join(out_dir, MANIFEST_NAME)) as f:
+                doomed |= set(json.load(f).get("files", {}))
+        except (OSError, ValueError, AttributeError):
+            pass
+        for name in os.listdir(out_dir):
+            if name.endswith((".onnx", ".onnx.data", ".npy")) or name == TOKENIZER_DIR:
+                doomed.add(name)
+        for rel in doomed:
+            full = os.path.normpath(os.path.join(out_dir, rel))
+            if not full.startswith(os.path.normpath(out_dir) + os.sep):
+                continue
+            if os.path.isdir(full):
+                shutil.rmtree(full)
+            elif os.path.isfile(full):
+                os.remove(full)
+    return _all_files(out_dir)
+
+
+def _all_files(directory: str) -> set[str]:
+    out = set()
+    for root, _, names in os.walk(directory):
+        for n in names:
+            out.add(os.path.relpath(os.path.join(root, n), directory).replace(os.sep, "/"))
+    return out
+
+
+def _half(adapter):
+    adapter = copy.copy(adapter)
+    adapter.model = copy.deepcopy(adapter.model).half()
+    return adapter
+
+
+def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", precision: str = "fp32",
+                 opset: int = 18, exporter: str = "auto", force: bool = False, source: str | None = None,
+                 max_frames: int | None = None, check: bool = True,
+                 log: Callable[[str], None] = print) -> Manifest:
+    """Exports `adapter` for `method` into `out_dir` and returns the manifest it wrote."""
+    from vlmedge.compression import get_method
+    from vlmedge.compression.base import Compressor
+
+    _check_options(target, precision, opset, exporter, max_frames)
+    method = get_method(method)
+    keep = prepare_out_dir(out_dir, force)
+    if precision == "fp16":
+        adapter = _half(adapter)
+    job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
+                    exporter=exporter, check=check, log=log)
+    stages = plan(job)
+    if type(method).encode_frame is not Compressor.encode_frame and not any(s.handles_vision for s in stages):
+        raise ExportError(f"method {method.name!r} changes how the vision tower runs and no export stage for it is "
+                          f"registered yet; exportable methods run the plain vision stage (none, uniform, random)")
+    log(f"[export] {adapter.family} ({source or 'in-memory model'}) for method {method.spec()} → {out_dir} "
+        f"[{precision}, target {target}, opset {opset}]; stages: {', '.join(s.name for s in stages)}")
+    specs: dict[str, StageSpec] = {}
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        log(f"[export] {i}/{len(stages)} {stage.name} ...")
+        t0 = time.perf_counter()
+        spec = stage.export(job)
+        size = _size(out_dir, spec.file)
+        check_note = spec.attrs.get("check", {})
+        err = f", ORT vs torch max rel err {check_note['max_rel_err']:.1e}" if "max_rel_err" in check_note else ""
+        log(f"[export] {i}/{len(stages)} {stage.name}: {spec.file} {_human(size)} via {spec.exporter} "
+            f"in {time.perf_counter() - t0:.1f}s{err}")
+        specs[spec.name] = spec
+
+    tok_dir = os.path.join(out_dir, TOKENIZER_DIR)
+    adapter.tokenizer.save_pretrained(tok_dir)
+    vision = specs.get("vision")
+    layout = {
+        "order": "raster over grid_hw, then the trailer tokens",
+        "grid_hw": vision.attrs["grid_hw"] if vision else None,
+        "tokens_per_frame": vision.attrs["tokens_per_frame"] if vision else None,
+        "trailer_tokens": vision.attrs["trailer_tokens"] if vision else 0,
+        "position_rows": adapter.positions.rows,
+        "kept_position_ids": "original (gaps where tokens were dropped; never renumbered)",
+        "compression": "runs in the session on the vision stage's features",
+    }
+    prompt = dataclasses.asdict(adapter.prompt)
+    prompt["stop"] = list(prompt["stop"])
+    notes = list(job.notes)
+    if adapter.has_audio and "audio" not in specs:
+        notes.append("no audio stage yet: this export answers from video only (push_audio is unavailable)")
+    if target in GPU_TARGETS:
+        notes.append("TensorRT engines are not built by this version; the ONNX graphs run on ONNX Runtime "
+                     "(TensorRT / CUDA execution providers where installed)")
+    if precision == "fp16" and target == "cpu":
+        notes.append("fp16 graphs are meant for GPUs: ONNX Runtime's CPU provider lacks fp16 kernels for some ops")
+    runtime = RuntimeInfo(prompt=prompt, positions=position_spec(adapter.positions), tokenizer=TOKENIZER_DIR,
+                          frame_size=list(adapter.frame_size), pixel_norm=dataclasses.asdict(adapter.pixel_norm),
+                          token_layout=layout, has_audio="audio" in specs, max_frames=max_frames)
+    n_layers, kvh, hd = kv_shape(adapter)
+    model = ModelInfo(family=adapter.family, source=source or "in-memory model",
+                      model_type=str(adapter.model.config.model_type), hidden_size=int(adapter.hidden_size),
+                      vocab_size=int(adapter.language_model().get_input_embeddings().num_embeddings),
+                      num_layers=n_layers, num_kv_heads=kvh, head_dim=hd)
+    written = sorted(_all_files(out_dir) - keep - {MANIFEST_NAME})
+    files = {rel: FileEntry(sha256=sha256_file(os.path.join(out_dir, rel)),
+                            bytes=os.path.getsize(os.path.join(out_dir, rel))) for rel in written}
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, format=FORMAT, model=model,
+        method=MethodInfo(name=method.name, spec=method.spec(), settings=_jsonable(method.settings())),
+        precision=precision, target=target, opset=opset, stages=specs, runtime=runtime, versions=versions(),
+        files=files, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), notes=notes)
+    manifest.save(out_dir)
+    log(f"[export] done in {time.perf_counter() - t_all:.1f}s")
+    return manifest
+
+
+def summary_table(manifest: Manifest, out_dir: str) -> str:
+    """stage | file | size | exporter | inputs, one row per stage, plus the total size."""
+    rows = [("stage", "file", "size", "exporter", "inputs")]
+    total = 0
+    for spec in manifest.stages.values():
+        size = _size(out_dir, spec.file)
+        total += size
+        ins = ", ".join(f"{t.name}{_shape(t.shape)}" for t in spec.inputs[:3])
+        if len(spec.inputs) > 3:
+            ins += f", +{len(spec.inputs) - 3} KV"
+        rows.append((spec.name, spec.file, _human(size), spec.exporter, ins or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * max(len(ln) for ln in lines))
+    lines.append(f"total {_human(total)} in {len(manifest.stages)} stages; manifest schema {manifest.schema_version}, "
+                 f"{len(manifest.files)} files checksummed")
+    for note in manifest.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def _size(out_dir: str, file: str) -> int:
+    path = os.path.join(out_dir, file)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    data = path + ".data"
+    return size + (os.path.getsize(data) if os.path.isfile(data) else 0)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _shape(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v)) for k, v in d.items()}

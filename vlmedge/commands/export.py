@@ -1,0 +1,88 @@
+"""`vlmedge export`: a model + a compression method → ONNX stage graphs, tokenizer and a validated manifest."""
+from __future__ import annotations
+
+import re
+
+
+def register(sub) -> None:
+    from vlmedge.export.manifest import PRECISIONS, TARGETS
+
+    p = sub.add_parser(
+        "export", help="export a model + method to ONNX graphs with a manifest",
+        description="Traces each stage (embedding table, vision tower + projector, LLM prefill/decode with explicit "
+                    "KV) to ONNX, checks every graph once in ONNX Runtime against torch, copies the tokenizer and "
+                    "prompt/position information the runtime needs, and writes manifest.json with checksums of "
+                    "every file. Run the result with the ONNX Runtime backend "
+                    "(vlmedge.runtime.backends.load_backend).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="DIR", help="local Hugging Face model directory")
+    src.add_argument("--tiny", metavar="FAMILY", help="a tiny randomly initialised model of FAMILY (tests, demos)")
+    p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25 (default: none)")
+    p.add_argument("--out", required=True, metavar="DIR", help="export directory to write")
+    p.add_argument("--target", default="cpu", choices=TARGETS, help="device the export is meant for (default: cpu)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="weights and activations (default: fp32)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--image-size", metavar="HxW",
+                   help="frame size the vision graph is made for (Qwen families; default: the model's own)")
+    p.add_argument("--max-frames", type=int, help="frames a stream is planned to hold (recorded in the manifest)")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                   help="ONNX exporter: auto tries dynamo, then TorchScript (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --tiny model (default: 0)")
+    p.add_argument("--no-check", action="store_true", help="skip running each graph once in ONNX Runtime")
+    p.add_argument("--force", action="store_true", help="replace the export in a non-empty --out directory")
+    p.set_defaults(func=run)
+
+
+def _image_size(text):
+    from vlmedge.errors import InputError
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise InputError(f"--image-size must look like HEIGHTxWIDTH (e.g. 336x448), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def run(args) -> int:
+    from vlmedge.compression import get_method
+    from vlmedge.errors import InputError
+    from vlmedge.export.exporter import export_model, prepare_out_dir, summary_table
+    from vlmedge.models.loading import adapter_class, from_pretrained, tiny
+
+    method = get_method(args.method)  # a typo fails before any model loads
+    size = _image_size(args.image_size)
+    import os
+
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        prepare_out_dir(args.out, force=False)  # raises the "not empty, pass --force" error
+    if args.tiny:
+        cls = adapter_class(args.tiny)
+        kwargs = {}
+        if size is not None:
+            if args.tiny == "llava_onevision":
+                if size[0] != size[1]:
+                    raise InputError("llava_onevision frames are square (SigLIP); give --image-size NxN")
+                kwargs["image_size"] = size[0]
+            else:
+                kwargs["frame_size"] = size
+        adapter = cls.tiny(seed=args.seed, **kwargs)
+        source = f"tiny:{args.tiny}:seed={args.seed}"
+    else:
+        kwargs = {}
+        if size is not None:
+            from vlmedge.models.loading import _family_for, check_model_dir
+
+            family = _family_for(check_model_dir(args.model)["model_type"])
+            if family == "llava_onevision":
+                raise InputError("llava_onevision's frame size is fixed by its vision config (image_size); "
+                                 "--image-size applies to the Qwen families")
+            kwargs["frame_size"] = size
+        adapter = from_pretrained(args.model, **kwargs)
+        source = os.path.abspath(args.model)
+    manifest = export_model(adapter, args.out, method, target=args.target, precision=args.precision,
+                            opset=args.opset, exporter=args.exporter, force=args.force, source=source,
+                            max_frames=args.max_frames, check=not args.no_check,
+                            log=lambda m: print(m, flush=True))
+    print(summary_table(manifest, args.out))
+    return 0
