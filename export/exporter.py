@@ -98,15 +98,15 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
 
     _check_options(target, precision, opset, exporter, max_frames)
     method = get_method(method)
-    keep = prepare_out_dir(out_dir, force)
-    if precision == "fp16":
-        adapter = _half(adapter)
     job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
                     exporter=exporter, check=check, log=log)
     stages = plan(job)
     if type(method).encode_frame is not Compressor.encode_frame and not any(s.handles_vision for s in stages):
         raise ExportError(f"method {method.name!r} changes how the vision tower runs and no export stage for it is "
                           f"registered yet; exportable methods run the plain vision stage (none, uniform, random)")
+    keep = prepare_out_dir(out_dir, force)
+    if precision == "fp16":
+        job.adapter = adapter = _half(adapter)
     log(f"[export] {adapter.family} ({source or 'in-memory model'}) for method {method.spec()} → {out_dir} "
         f"[{precision}, target {target}, opset {opset}]; stages: {', '.join(s.name for s in stages)}")
     specs: dict[str, StageSpec] = {}

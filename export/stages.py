@@ -260,7 +260,10 @@ def check_graph(job: ExportJob, stage: str, path: str, feeds: dict[str, np.ndarr
     import onnxruntime as ort
 
     try:
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         got = sess.run(names, feeds)
     except Exception as err:  # noqa: BLE001
         msg = str(err).splitlines()[0][:200]
@@ -365,7 +368,7 @@ class VisionGraph(nn.Module):
         # everything the blocks need besides hidden states is a constant of the frame size
         self.parts = [adapter.vision_layer_parts(i, self.ctx) for i in range(n)]
         self.taps = list(taps)
-        self.tap_blocks = [adapter._block_index(t) for t in self.taps]
+        self.tap_blocks = [adapter.block_index(t) for t in self.taps]
         maker = _VISION_EMBED.get(adapter.family)
         self.embed = maker(adapter, self.ctx) if maker else (lambda px: adapter.vision_embed(px)[0])
 

@@ -48,7 +48,7 @@ class Example:
 
 
 def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None,
-                   crop: bool = False) -> list[Example]:
+                   crop: bool = False, max_clips: int = 3) -> list[Example]:
     """The questions of one training seed, as one whole-stream example or (crop=True) as one short clip per
     asking frame holding just the frames that answer its questions.
 
@@ -63,7 +63,10 @@ def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], 
     if not crop:
         return [Example(stream, 0, stream.num_frames, [(q.frame, q.text, q.answer, q.qtype) for q in qs])]
     out = []
-    for frame in sorted({q.frame for q in qs}):
+    frames = sorted({q.frame for q in qs})
+    if len(frames) > max_clips:  # clips of one stream overlap; a few per stream keeps the frames fresh
+        frames = sorted(rng.choice(frames, size=max_clips, replace=False).tolist())
+    for frame in frames:
         at = [q for q in qs if q.frame == frame]
         start = min(q.evidence_start for q in at)
         out.append(Example(stream, start, frame + 1, [(frame - start, q.text, q.answer, q.qtype) for q in at]))

@@ -92,6 +92,20 @@ def forward_batch(adapter, examples, family):
     return logits, targets, packed
 
 
+def length_buckets(examples, slack: float = 1.3):
+    """Examples of similar length together (one forward pass each), so short clips are not padded to the
+    length of whole streams: a bucket's padded size stays within `slack` of its real size."""
+    order = sorted(examples, key=lambda e: e.end - e.start)
+    buckets, cur = [], []
+    for e in order:
+        n = e.end - e.start
+        if cur and n * (len(cur) + 1) > slack * (sum(c.end - c.start for c in cur) + n):
+            buckets.append(cur)
+            cur = []
+        cur.append(e)
+    return buckets + ([cur] if cur else [])
+
+
 def correct_by_type(logits, packed) -> list[tuple[str, float]]:
     out = []
     for b, p in enumerate(packed):
@@ -209,9 +223,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         p_crop = cfg.crop_start + (cfg.crop_end - cfg.crop_start) * min(1.0, frac / 0.7)
         examples = [e for s in data.training_seeds(rng, cfg.batch)
                     for e in data.stream_example(s, rng, counts, crop=bool(rng.random() < p_crop))]
-        # short clips and whole streams go in separate forward passes, so clips are not padded to a stream
-        groups = [[e for e in examples if e.end - e.start < e.stream.num_frames],
-                  [e for e in examples if e.end - e.start == e.stream.num_frames]]
+        groups = length_buckets(examples)
         n_targets = sum(2 * len(e.questions) for e in examples)
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0

@@ -104,17 +104,16 @@ class OrtAdapter:
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # warnings (e.g. fp16 constant folding on CPU) are not actionable
 
-        def session(stage):
-            return ort.InferenceSession(os.path.join(export_dir, manifest.stage(stage).file), sess_options=opts,
-                                        providers=self.providers)
-
+        self._opts = opts
+        self._sessions: dict = {}
         emb = manifest.stage("embed")
         self._embed = np.load(os.path.join(export_dir, emb.file), mmap_mode="r")
         self._vision_spec = manifest.stage("vision")
-        self._vision = session("vision")
+        self._vision = self.session("vision")
         self._llm_spec = manifest.stage("llm")
-        self._llm = session("llm")
+        self._llm = self.session("llm")
         a = self._llm_spec.attrs
         self._n_layers, self._kv_heads, self._head_dim = int(a["num_layers"]), int(a["kv_heads"]), int(a["head_dim"])
         self._kv_dtype = NP_DTYPES[self._llm_spec.input("past_key_0").dtype]
@@ -123,6 +122,32 @@ class OrtAdapter:
         self._out_names = [t.name for t in self._llm_spec.outputs]
         self._taps = [int(t) for t in self._vision_spec.attrs.get("taps", [])]
         self._grid = tuple(self._vision_spec.attrs["grid_hw"])
+
+    # ----- any stage, for methods that bring their own graphs -----
+    def session(self, stage: str):
+        """The ONNX Runtime session of an ONNX stage in the manifest (opened once)."""
+        import onnxruntime as ort
+
+        if stage not in self._sessions:
+            spec = self.manifest.stage(stage)
+            if spec.kind != "onnx":
+                raise ManifestError(f"stage {stage!r} is a {spec.kind} file, not a graph")
+            self._sessions[stage] = ort.InferenceSession(os.path.join(self.export_dir, spec.file),
+                                                         sess_options=self._opts, providers=self.providers)
+        return self._sessions[stage]
+
+    def run_stage(self, stage: str, feeds: dict, outputs=None) -> dict:
+        """Runs an exported stage on numpy inputs (cast to the dtypes the manifest records); returns its
+        outputs by name. A method whose runtime needs a graph of its own (e.g. a stateful vision variant)
+        reaches it here without changes to this backend."""
+        spec = self.manifest.stage(stage)
+        want = {t.name: NP_DTYPES.get(t.dtype) for t in spec.inputs}
+        unknown = sorted(set(feeds) - set(want))
+        if unknown:
+            raise InputError(f"stage {stage!r} has no input {unknown[0]!r} (inputs: {', '.join(want)})")
+        cast = {k: np.ascontiguousarray(np.asarray(v, dtype=want[k])) for k, v in feeds.items()}
+        names = list(outputs) if outputs else [t.name for t in spec.outputs]
+        return dict(zip(names, self.session(stage).run(names, cast)))
 
     # ----- what the session and tools read -----
     @property
