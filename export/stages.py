@@ -167,7 +167,8 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
     when it fails (the reason goes to the log and the manifest notes)."""
     path = os.path.join(job.out_dir, file)
     order = {"auto": ["dynamo", "torchscript"], "dynamo": ["dynamo"], "torchscript": ["torchscript"]}[job.exporter]
-    errors = []
+    errors: list[str] = []
+    last: Exception | None = None
     for kind in order:
         _remove(path)
         try:
@@ -185,6 +186,8 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
             if not os.path.isfile(path):
                 raise RuntimeError("the exporter wrote no file")
             _name_outputs(path, output_names)
+            if errors:
+                job.notes.append(f"{stage}: exported with {kind} after {'; '.join(errors)}")
             return kind
         except Exception as err:  # noqa: BLE001 - exporter failures come in many types; all are reported
             first = next((ln for ln in str(err).splitlines() if ln.strip() and "Exception summary" not in ln), "")
@@ -193,11 +196,12 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
                 if ln.startswith("<class"):
                     summary = ln[:300]
                     break
-            errors.append(f"{kind}: {summary}")
+            errors.append(f"{kind} failed: {summary}")
+            last = err
             job.log(f"[export]   {stage}: the {kind} exporter failed ({summary})")
             _remove(path)
     raise ExportError(f"stage {stage!r} could not be exported to ONNX ({'; '.join(errors)}); "
-                      "rerun with --debug for the full trace")
+                      "rerun with --debug for the full trace") from last
 
 
 def _name_outputs(path: str, names: list[str]) -> None:

@@ -282,3 +282,46 @@ def test_bad_options_and_providers(tiny_adapters, tmp_path):
     assert choose_providers()[-1] == "CPUExecutionProvider"
     with pytest.raises(UnknownNameError, match="backend"):
         load_backend(str(tmp_path), backend="tensorflow")
+
+
+def test_fp16_export_records_dtypes_and_stays_close(tiny_adapters, tmp_path):
+    """fp16 graphs (meant for GPU providers) still run on ORT's CPU provider for these ops; answers stay close."""
+    adapter = tiny_adapters["llava_onevision"]
+    m = export_model(adapter, str(tmp_path), "none", precision="fp16", exporter="torchscript", log=lambda m: None)
+    assert next(adapter.model.parameters()).dtype == torch.float32, "exporting fp16 must not touch the caller's model"
+    assert m.stages["llm"].input("inputs_embeds").dtype == "float16" and m.stages["llm"].input("past_key_0").dtype == "float16"
+    assert m.stages["llm"].output("logits").dtype == "float32" and m.stages["embed"].outputs[0].dtype == "float16"
+    backend = load_backend(str(tmp_path), threads=1)
+    frames = make_frames(2)
+    logits = []
+    for ad in (adapter, backend):
+        s = StreamingSession(ad, "none", keep_logits=True)
+        for i, f in enumerate(frames):
+            s.push_frame(f, time_s=float(i))
+        logits.append(torch.stack(s.ask(QUESTION, max_new_tokens=2).logits))
+    torch.testing.assert_close(logits[1], logits[0], atol=2e-2, rtol=2e-2)
+
+
+def test_auto_falls_back_to_torchscript_and_says_so(monkeypatch, tiny_adapters, tmp_path):
+    from vlmedge.export.stages import ExportError
+
+    real = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("simulated dynamo failure")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    logs = []
+    m = export_model(tiny_adapters["llava_onevision"], str(tmp_path / "a"), log=logs.append)
+    assert m.stages["vision"].exporter == m.stages["llm"].exporter == "torchscript"
+    assert any("vision" in n and "simulated dynamo failure" in n for n in m.notes)
+    assert any("the dynamo exporter failed" in line for line in logs)
+
+    def all_fail(*args, **kwargs):
+        raise RuntimeError("nothing works")
+
+    monkeypatch.setattr(torch.onnx, "export", all_fail)
+    with pytest.raises(ExportError, match=r"stage 'vision' could not be exported.*dynamo failed.*torchscript failed"):
+        export_model(tiny_adapters["llava_onevision"], str(tmp_path / "b"), log=logs.append)

@@ -118,8 +118,14 @@ class OrtAdapter:
         self._n_layers, self._kv_heads, self._head_dim = int(a["num_layers"]), int(a["kv_heads"]), int(a["head_dim"])
         self._kv_dtype = NP_DTYPES[self._llm_spec.input("past_key_0").dtype]
         self._embed_dtype = NP_DTYPES[self._llm_spec.input("inputs_embeds").dtype]
-        self._in_names = [t.name for t in self._llm_spec.inputs]
-        self._out_names = [t.name for t in self._llm_spec.outputs]
+        from vlmedge.export.stages import llm_io_names
+
+        self._in_names, self._out_names = llm_io_names(self._n_layers)
+        have = {t.name for t in self._llm_spec.inputs} | {t.name for t in self._llm_spec.outputs}
+        lacking = [n for n in self._in_names + self._out_names if n not in have]
+        if lacking:
+            raise ManifestError(f"the llm stage lacks {lacking[0]!r} (expected inputs {', '.join(self._in_names[:4])}, "
+                                "...); re-export with this vlmedge")
         self._taps = [int(t) for t in self._vision_spec.attrs.get("taps", [])]
         self._grid = tuple(self._vision_spec.attrs["grid_hw"])
 
