@@ -107,3 +107,17 @@ def test_demo_streams_frames_and_answers(tmp_path):
     assert len(frames) == 8
     assert all(ln.split()[2] == "16" and ln.split()[3] == "4" for ln in frames)  # 4x4 grid pooled to 2x2
     assert sum("-> " in ln for ln in lines) == 2
+
+
+def test_export_then_demo_and_eval_on_onnxruntime(tmp_path):
+    out = str(tmp_path / "exp")
+    res = _run(sys.executable, "-m", "vlmedge", "export", "--tiny", "qwen2_5_vl", "--out", out, timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "demo", "--engine", out, "--questions", "1", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "ONNX Runtime" in res.stdout and sum("-> " in ln for ln in res.stdout.splitlines()) == 1
+    res = _run(sys.executable, "-m", "vlmedge", "eval", "--engine", out, "--seeds", "1000000+1", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "overall" in res.stdout
+    res = _run(sys.executable, "-m", "vlmedge", "eval", "--engine", out, "--seeds", "5+1")
+    assert res.returncode == 2 and "training seed" in res.stderr

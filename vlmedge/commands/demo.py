@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import time
 
+from vlmedge.commands.common import add_model_args, load_model
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="stream a camworld clip through a model and answer its questions",
                        description="Streams a synthetic camera clip (camworld) frame by frame through a model with "
                                    "a compression method, printing tokens and timings per frame, then asks the "
                                    "clip's questions and prints answers next to the ground truth.")
-    p.add_argument("--model", help="local Hugging Face model directory (default: the bundled reference model)")
-    p.add_argument("--family", default="llava_onevision", help="family of the bundled reference model (default: %(default)s)")
-    p.add_argument("--tiny", action="store_true", help="use a tiny randomly initialised model of --family instead")
+    add_model_args(p)
     p.add_argument("--method", default="uniform:ratio=0.5", help="compression method spec (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1_000_000, help="camworld evaluation seed (>= 1000000)")
     p.add_argument("--questions", type=int, default=4, help="how many of the clip's questions to ask")
@@ -20,25 +20,19 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from vlmedge.errors import ModelFileError
-    from vlmedge.models import camworld, from_pretrained, tiny
-    from vlmedge.models.reference_models import reference_dir
-    from vlmedge.models.tokenizer import BASE_WORDS
+    from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
     from vlmedge.runtime.playback import play_stream
 
     t0 = time.perf_counter()
-    model = args.model
-    if not model and not args.tiny:
-        try:
-            model = reference_dir(args.family)
-        except ModelFileError as err:
-            print(f"vlmedge demo: {err}; using a tiny random model instead")
-    if model:
-        adapter = from_pretrained(model)
-        note = f"model {model}"
-    else:
-        adapter = tiny(args.family, seed=0, words=list(BASE_WORDS) + camworld.vocabulary())
-        note = f"tiny random {args.family} (answers are noise until a trained model is given with --model)"
+    try:
+        adapter, note = load_model(args, words=camworld.vocabulary())
+    except ModelFileError as err:
+        if args.model or args.engine:
+            raise
+        print(f"vlmedge demo: {err}; using a tiny random model instead")
+        args.tiny = True
+        adapter, note = load_model(args, words=camworld.vocabulary())
     stream = camworld.generate(args.seed, split="eval")
     session = StreamingSession(adapter, args.method, sample_fps=stream.fps)
     print(f"vlmedge demo: {note}; method {session.method.spec()}; loaded in {time.perf_counter() - t0:.1f}s")

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import sys
 
+from vlmedge.commands.common import add_model_args, load_model
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of a model + method on camworld evaluation streams",
                        description="Plays camworld evaluation streams (seeds >= 1,000,000) into a streaming session "
                                    "and scores the answers per question type, with chance levels, tokens kept per "
                                    "frame, per-stage time and peak memory.")
-    p.add_argument("--model", help="local model directory (default: the bundled reference model of --family)")
-    p.add_argument("--family", default="llava_onevision", help="family of the bundled reference model")
+    add_model_args(p)
     p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25")
     p.add_argument("--seeds", default="1000000+200", help="START:END or START+COUNT (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
@@ -19,13 +20,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from vlmedge.models import from_pretrained
-    from vlmedge.models.reference_models import reference_dir
     from vlmedge.runtime.evaluation import evaluate, parse_seed_range
 
     seeds = parse_seed_range(args.seeds)
-    path = args.model or reference_dir(args.family)
-    adapter = from_pretrained(path)
+    adapter, path = load_model(args)
 
     def progress(done, total):
         if done == total or done % max(1, total // 10) == 0:
