@@ -62,15 +62,44 @@ def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], 
         qs += camworld.sample_questions(stream, rng, per_type=k, qtypes=(qtype,))
     if not crop:
         return [Example(stream, 0, stream.num_frames, [(q.frame, q.text, q.answer, q.qtype) for q in qs])]
-    out = []
+    # A clip per chosen frame, with as many distinct questions at that frame as the counts allow (answers
+    # levelled within each type, as camworld's own sampler does), so a short clip carries a full load.
+    cands = camworld.candidates(stream.world)
     frames = sorted({q.frame for q in qs})
     if len(frames) > max_clips:  # clips of one stream overlap; a few per stream keeps the frames fresh
         frames = sorted(rng.choice(frames, size=max_clips, replace=False).tolist())
+    out = []
     for frame in frames:
-        at = [q for q in qs if q.frame == frame]
+        at = []
+        for qtype, k in counts.items():
+            pool = [q for q in cands[qtype] if q.frame == frame]
+            per_answer = {}
+            for q in pool:
+                per_answer[q.answer] = per_answer.get(q.answer, 0) + 1
+            # no more picks than keep the answers level (a frame has few "yes" but many "no" candidates)
+            k = min(k, len(per_answer) * min(per_answer.values(), default=0))
+            answers = sorted(per_answer)
+            order = [answers[j] for j in rng.permutation(len(answers))]
+            for i in range(k):  # answers in turn, each in a random order: level in expectation and in count
+                sub = [q for q in pool if q.answer == order[i % len(order)]]
+                if not sub:
+                    break
+                q = _template_pick(sub, rng)
+                at.append(q)
+                pool = [p for p in pool if p.text != q.text]
+        if not at:
+            continue
         start = min(q.evidence_start for q in at)
         out.append(Example(stream, start, frame + 1, [(frame - start, q.text, q.answer, q.qtype) for q in at]))
     return out
+
+
+def _template_pick(pool, rng):
+    """A template uniformly, then a question of it uniformly."""
+    templates = sorted({q.template for q in pool})
+    template = templates[int(rng.integers(len(templates)))]
+    pool = [q for q in pool if q.template == template]
+    return pool[int(rng.integers(len(pool)))]
 
 
 def training_seeds(rng: np.random.Generator, n: int) -> list[int]:
