@@ -4,10 +4,15 @@ A method sees one frame's projected tokens (`FrameTokens`) and returns a `Select
 in ascending (original) order and, for methods that merge, the replacement features of those tokens. The
 session gives kept tokens their original position ids, so a method never renumbers positions. Anything a
 method remembers across frames lives in the state object from `new_state()`, owned by one stream.
+
+Window methods (OmniZip) cannot decide frame by frame: they need a whole window of video AND its audio. Such a
+method returns a window length from `window_length(adapter)` and implements `compress_window`; the session then
+buffers a window's encoded frames and audio and compresses them together when the window completes (see
+`runtime/session.py`). Methods without a window (`window_length` → None, the default) are untouched by this.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -37,11 +42,25 @@ class FrameContext:
 
 
 @dataclass
+class WindowSelection:
+    """What a window method keeps of one window: a `Selection` per frame (in push order) and one over the
+    window's audio tokens (all its audio chunks concatenated in push order; `features` = merged tokens)."""
+
+    frames: list[Selection]
+    audio: Selection
+    info: dict = field(default_factory=dict)  # method-specific facts about the window (ratios, budgets)
+
+    def __iter__(self):  # `frames, audio = method.compress_window(...)`
+        return iter((self.frames, self.audio))
+
+
+@dataclass
 class Compressor:
     """Base class. Subclasses are dataclasses registered with `@register("name")`."""
 
     name: ClassVar[str] = ""
     taps: ClassVar[Sequence[int]] = ()  # vision-block outputs the method reads (e.g. GlimpsePrune)
+    window_s: ClassVar[float | None] = None  # window methods: seconds per window (see `window_length`)
 
     def new_state(self) -> Any:
         """Per-stream state; None for stateless methods."""
@@ -54,6 +73,19 @@ class Compressor:
 
     def compress(self, tokens, ctx: FrameContext, state: Any) -> Selection:
         raise NotImplementedError  # pragma: no cover
+
+    # ----- window methods (optional protocol) -----
+    def window_length(self, adapter) -> float | None:
+        """Seconds per window for window methods (may depend on the model, e.g. Omni's `seconds_per_chunk`);
+        None (the default) for per-frame methods, which the session compresses frame by frame."""
+        return self.window_s
+
+    def compress_window(self, frames: Sequence, frame_ctx: Sequence[FrameContext], audio: Sequence | None,
+                        state: Any) -> WindowSelection:
+        """One window: its frames' `FrameTokens` with their contexts and its `AudioTokens` chunks (None or empty
+        when the window has no audio), in push order. May update `state` (called once per committed window; a
+        question's provisional flush passes a copy)."""
+        raise NotImplementedError(f"method {self.name!r} has no window form")  # pragma: no cover
 
     def settings(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -7,11 +7,35 @@ cache back, so asking never disturbs what the stream holds.
 
 All per-stream state (KV cache, positions, the method's state, statistics) lives on the session object;
 two sessions may share one adapter (read-only weights) and never share anything else.
+
+Window methods (OmniZip; `method.window_length(adapter)` is not None) need a whole window — `W` seconds of video
+AND its audio — before they can decide anything, so for them the session holds a window:
+
+- window `j` is `[j·W, (j+1)·W)` on the stream's time axis (a frame by its time, an audio chunk by its start);
+- `push_frame` / `push_audio` encode at once (vision / audio tower) and BUFFER; `push_frame` returns None
+  (the frame's `FrameStats` are appended to `frame_stats` when its window is compressed);
+- the open window is compressed (`method.compress_window`) and prefilled when an item of a later window arrives
+  (before that item is buffered), or on `flush()`; its frames and audio chunks go into the cache in push order
+  (which is time order: frames and one-second audio chunks interleaved as the prompt layout has them) with
+  their original M-RoPE ids, so kept tokens keep their ids and gaps remain where tokens were dropped;
+- an item that arrives after its own window was closed (late audio) joins the open window;
+- `ask()` with an open window compresses a PROVISIONAL copy of it (on a copy of the method's state), prefills
+  it for the question only and crops it away with the question, so an answer sees everything pushed so far and
+  asking never changes what the stream keeps. The trade: the question pays the provisional window's compression
+  and prefill (at most one window of tokens; `Answer.window_ms`) and sees it compressed from the part of the
+  window that has arrived (a partial window has less audio to guide its video ratios); the committed window,
+  compressed once it completes, is the same whether or not questions were asked meanwhile.
+- `flush()` commits the open window as it is (e.g. at the end of a stream); items pushed later for the same
+  time window form a second, partial window.
+Per-frame methods (the default) run frame by frame exactly as before: encode, compress, prefill at once.
 """
 from __future__ import annotations
 
+import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +54,35 @@ class FrameStats:
     encode_ms: float
     compress_ms: float
     prefill_ms: float
+    window: int | None = None  # window methods: the window the frame was compressed in (its compress_ms and
+    # prefill_ms are the window's totals divided evenly over the window's frames)
+
+
+@dataclass
+class WindowStats:
+    """One committed window of a window method: token counts, time, and the method's own facts (`info`)."""
+
+    index: int  # the window's index on the time axis (floor(time / window_s))
+    start_s: float
+    end_s: float
+    frames: int
+    video_in: int
+    video_kept: int
+    audio_in: int
+    audio_kept: int
+    compress_ms: float
+    prefill_ms: float
+    complete: bool  # False when `flush()` closed it before an item of a later window arrived
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Buffered:
+    kind: str  # "frame" or "audio"
+    time_s: float
+    tokens: Any  # FrameTokens or AudioTokens
+    ctx: FrameContext | None = None
+    stats: FrameStats | None = None
 
 
 @dataclass
@@ -37,12 +90,15 @@ class Answer:
     question: str
     text: str
     token_ids: list[int]
-    stream_tokens: int  # KV entries the answer was conditioned on (prefix + frames, before the question)
+    stream_tokens: int  # KV entries the answer was conditioned on (prefix + frames + audio, with a window method's
+    # provisional open window, before the question)
     frames: int
     prefill_ms: float  # the question's own prefill (time to first token)
     decode_ms: float
     stopped_by: str  # "stop", "eos" or "max_tokens"
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # per generated token, when kept
+    window_ms: float = 0.0  # window methods: compressing + prefilling the open window provisionally, before the
+    # question's own prefill (time to first token = window_ms + prefill_ms)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,6 +113,9 @@ class StreamingSession:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         self.adapter = adapter
         self.method = get_method(method)
+        self.window_s = self.method.window_length(adapter)
+        if self.window_s is not None and not self.window_s > 0:
+            raise InputError(f"method {self.method.name!r} has a window of {self.window_s} s; it must be positive")
         self.sample_fps = sample_fps
         self.max_new_tokens = max_new_tokens
         self.keep_logits = keep_logits
@@ -74,11 +133,20 @@ class StreamingSession:
         self.frames_rejected = 0
         self._next_sample_time: float | None = None
         self._last_time: float | None = None
+        self.window_stats: list[WindowStats] = []
+        self._pending: list[_Buffered] = []  # window methods: the open window's encoded items, in push order
+        self._pending_window: int | None = None
         self._append_text(self.adapter.prompt.prefix)
 
     @property
     def stream_tokens(self) -> int:
+        """KV entries the stream holds (committed; an open window's buffered items are not in the cache yet)."""
         return self.cache.get_seq_length()
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames buffered in the open window (window methods), not yet compressed or prefilled."""
+        return sum(1 for it in self._pending if it.kind == "frame")
 
     def _append(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Prefills into the cache; on failure the cache is cut back so the stream stays consistent."""
@@ -103,7 +171,8 @@ class StreamingSession:
         """Adds one frame at `time_s` seconds (default: the next slot at `sample_fps`, or 1 fps).
 
         Returns its stats, or None when the sampler skipped it. A rejected frame raises `InputError` and
-        leaves the stream exactly as it was.
+        leaves the stream exactly as it was. With a window method the frame is encoded and buffered and None is
+        returned; its stats join `frame_stats` when its window is compressed (see the module notes).
         """
         try:
             validate_frame(frame)
@@ -127,6 +196,8 @@ class StreamingSession:
             while base <= time_s + 1e-9:
                 base += step
             self._next_sample_time = base
+        if self.window_s is not None:
+            return self._buffer_frame(frame, time_s)
 
         t0 = time.perf_counter()
         tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
@@ -152,13 +223,128 @@ class StreamingSession:
         return stats
 
     def push_audio(self, wave, time_s: float) -> int:
-        """Adds an audio chunk starting at `time_s` (omni models); returns the number of audio tokens."""
+        """Adds an audio chunk starting at `time_s` (omni models); returns the number of audio tokens (before any
+        pruning; with a window method the chunk is buffered until its window is compressed)."""
         audio = self.adapter.encode_audio(wave)
+        if self.window_s is not None:
+            self._close_before(self._window_of(float(time_s)))
+            self._buffer(_Buffered("audio", float(time_s), audio), self._window_of(float(time_s)))
+            return int(audio.features.shape[0])
         pos = self.positions.copy()
         ids = self.adapter.positions.audio(pos, audio.features.shape[0], float(time_s), audio.seconds_per_token)
         self._append(audio.features, ids)
         self.positions = pos
         return int(audio.features.shape[0])
+
+    # ----- windows (window methods) -----
+    def _window_of(self, time_s: float) -> int:
+        return int(math.floor(time_s / self.window_s + 1e-9))
+
+    def _close_before(self, window: int) -> None:
+        """Commits the open window when an item of a later window arrives."""
+        if self._pending and window > self._pending_window:
+            self._commit(complete=True)
+
+    def _buffer(self, item: _Buffered, window: int) -> None:
+        if not self._pending:
+            self._pending_window = window  # a late item (window already closed) joins the open window instead
+        self._pending.append(item)
+
+    def _buffer_frame(self, frame, time_s: float) -> None:
+        t0 = time.perf_counter()
+        tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
+        encode_ms = (time.perf_counter() - t0) * 1e3
+        window = self._window_of(time_s)
+        self._close_before(window)
+        index = len(self.frame_stats) + self.pending_frames
+        stats = FrameStats(index, time_s, tokens.num_tokens, 0, encode_ms, 0.0, 0.0)
+        self._buffer(_Buffered("frame", time_s, tokens, FrameContext(frame_index=index, time_s=time_s), stats),
+                     window)
+        return None
+
+    def flush(self) -> WindowStats | None:
+        """Compresses and prefills the open window now, complete or not (window methods); None if none is open."""
+        if not self._pending:
+            return None
+        return self._commit(complete=False)
+
+    def _compress_pending(self, state):
+        frames = [it for it in self._pending if it.kind == "frame"]
+        audio = [it.tokens for it in self._pending if it.kind == "audio"]
+        sel = self.method.compress_window([it.tokens for it in frames], [it.ctx for it in frames], audio or None,
+                                          state)
+        if len(sel.frames) != len(frames):
+            raise AssertionError(f"{self.method.name}.compress_window returned {len(sel.frames)} frame selections "
+                                 f"for {len(frames)} frames")
+        return sel
+
+    def _window_inputs(self, sel, pos) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int], int]:
+        """The open window's kept tokens in push order with their original ids (advances `pos`); returns the
+        embeddings, ids, kept tokens per frame, and kept audio tokens."""
+        embeds, ids, kept = [], [], []
+        frame_i, audio_off, audio_kept = 0, 0, 0
+        akeep, afeat = sel.audio.keep, sel.audio.features
+        close = self.adapter.tokenize(self.adapter.prompt.frame_close) if self.adapter.prompt.frame_close else None
+        for it in self._pending:
+            if it.kind == "frame":
+                tok, fs = it.tokens, sel.frames[frame_i]
+                frame_i += 1
+                fid = self.adapter.positions.frame(pos, tok.grid_hw, tok.trailer.shape[0], it.time_s)
+                n = tok.num_tokens
+                feats = fs.features if fs.features is not None else tok.features[fs.keep]
+                # kept tokens keep the ids they had before pruning: columns are selected, never renumbered
+                embeds.append(torch.cat([feats, tok.trailer.to(feats.dtype)]))
+                ids.append(torch.cat([fid[:, fs.keep], fid[:, n:]], dim=1))
+                kept.append(int(fs.keep.numel()))
+                if close is not None and close.numel():
+                    embeds.append(self.adapter.embed_text(close))
+                    ids.append(self.adapter.positions.text(pos, close.numel()))
+            else:
+                a = it.tokens
+                n = int(a.features.shape[0])
+                aid = self.adapter.positions.audio(pos, n, it.time_s, a.seconds_per_token)
+                inside = (akeep >= audio_off) & (akeep < audio_off + n)
+                local = akeep[inside] - audio_off
+                embeds.append(afeat[inside] if afeat is not None else a.features[local])
+                ids.append(aid[:, local])
+                audio_off += n
+                audio_kept += int(local.numel())
+        embeds = [e for e in embeds if e.shape[0]]
+        ids = [i for i in ids if i.shape[1]]
+        if not embeds:
+            return None, None, kept, audio_kept
+        dtype = embeds[0].dtype
+        return torch.cat([e.to(dtype) for e in embeds]), torch.cat(ids, dim=1), kept, audio_kept
+
+    def _commit(self, complete: bool) -> WindowStats:
+        # the method works on a copy of its state, kept only once the window is in the cache: a failed prefill
+        # leaves state, cache, positions and the open window as they were
+        t0 = time.perf_counter()
+        state = copy.deepcopy(self.method_state)
+        sel = self._compress_pending(state)
+        t1 = time.perf_counter()
+        pos = self.positions.copy()
+        embeds, ids, kept, audio_kept = self._window_inputs(sel, pos)
+        if embeds is not None:
+            self._append(embeds, ids)
+        self.positions, self.method_state = pos, state
+        t2 = time.perf_counter()
+        frames = [it for it in self._pending if it.kind == "frame"]
+        audio = [it for it in self._pending if it.kind == "audio"]
+        c_ms, p_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        for it, k in zip(frames, kept):
+            st = it.stats
+            st.tokens_kept, st.window = k, self._pending_window
+            st.compress_ms, st.prefill_ms = c_ms / len(frames), p_ms / len(frames)
+            self.frame_stats.append(st)
+        w = self._pending_window
+        ws = WindowStats(index=w, start_s=w * self.window_s, end_s=(w + 1) * self.window_s, frames=len(frames),
+                         video_in=sum(it.tokens.num_tokens for it in frames), video_kept=sum(kept),
+                         audio_in=sum(int(it.tokens.features.shape[0]) for it in audio), audio_kept=audio_kept,
+                         compress_ms=c_ms, prefill_ms=p_ms, complete=complete, info=dict(sel.info))
+        self.window_stats.append(ws)
+        self._pending, self._pending_window = [], None
+        return ws
 
     # ----- questions -----
     @torch.no_grad()
@@ -177,7 +363,16 @@ class StreamingSession:
         generated: list[int] = []
         kept_logits: list[torch.Tensor] = []
         stopped_by = "max_tokens"
+        frames = len(self.frame_stats) + self.pending_frames
+        conditioned = snapshot
         try:
+            tw = time.perf_counter()
+            if self._pending:  # provisional flush: a copy of the method's state, cropped away with the question
+                provisional = self._compress_pending(copy.deepcopy(self.method_state))
+                embeds, ids, _, _ = self._window_inputs(provisional, pos)
+                if embeds is not None:
+                    self._append(embeds, ids)
+                conditioned = self.cache.get_seq_length()
             t0 = time.perf_counter()
             logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
             t1 = time.perf_counter()
@@ -205,6 +400,6 @@ class StreamingSession:
         for s in stops:
             if s and s in text:
                 text = text[: text.index(s)]
-        return Answer(question=question, text=text.strip(), token_ids=generated, stream_tokens=snapshot,
-                      frames=len(self.frame_stats), prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
-                      stopped_by=stopped_by, logits=kept_logits)
+        return Answer(question=question, text=text.strip(), token_ids=generated, stream_tokens=conditioned,
+                      frames=frames, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
+                      stopped_by=stopped_by, logits=kept_logits, window_ms=(t0 - tw) * 1e3)
