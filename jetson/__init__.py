@@ -3,7 +3,7 @@
 One concept per module, all standard library only (safe to import anywhere, no torch):
 
 * `profiles`      - module facts (memory, SMs, DLA, power modes) and vlmedge defaults (budget, workspace, fps)
-* `detect`        - /etc/nv_tegra_release, /proc/device-tree/{model,compatible}, meminfo, nvpmodel; `detect.detect(root)`
+* `detect`        - nv_tegra_release, device-tree model/compatible, meminfo, nvpmodel: `detect.detect(root)`
 * `tegrastats`    - `parse_line` -> TegraSample, `TegrastatsReader` (background `tegrastats --interval N`)
 * `camera`        - CSI/USB GStreamer pipelines from deploy/pipelines.json
 * `service`       - the systemd unit and its environment file, rendered for a profile

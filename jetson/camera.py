@@ -1,7 +1,8 @@
 """Camera pipelines for Jetson Orin: the data in deploy/pipelines.json, and the function that builds the string.
 
-    >>> build_pipeline("csi", sink="fakesink")
-    'nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1,format=NV12 ! nvvidconv flip-method=0 ! video/x-raw,format=RGBA,width=1280,height=720 ! fakesink'
+    build_pipeline("csi", sink="fakesink") ==
+        "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1,format=NV12"
+        " ! nvvidconv flip-method=0 ! video/x-raw,format=RGBA,width=1280,height=720 ! fakesink"
 
 The strings are what `gst-launch-1.0` and `Gst.parse_launch` take. They were checked here with stand-ins for the
 NVIDIA-only elements (see tests/test_jetson_deploy.py), not on a Jetson.

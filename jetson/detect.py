@@ -270,7 +270,8 @@ def _closest_by_memory(candidates: list[DeviceProfile], mem_total: int | None) -
     return min(fits, key=lambda p: p.memory_gb) if fits else None
 
 
-def identify(model: str | None, compatible: list[str], mem_total: int | None = None) -> tuple[DeviceProfile | None, str]:
+def identify(model: str | None, compatible: list[str],
+             mem_total: int | None = None) -> tuple[DeviceProfile | None, str]:
     """(profile, how it was decided) from the device-tree model and compatible strings and MemTotal bytes."""
     parts, _ = parts_from_compatible(compatible)
     for part in parts:

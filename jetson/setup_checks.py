@@ -77,8 +77,10 @@ def check_release(info: JetsonInfo) -> SetupCheck:
         return SetupCheck("jetson-linux", "fail", text + "; vlmedge supports L4T R35 (JetPack 5.1) and R36 (JetPack 6)",
                           f"flash JetPack 6: {JETPACK_URL}")
     if rel.major < RECOMMENDED_L4T_MAJOR:
-        return SetupCheck("jetson-linux", "warn", text + "; JetPack 5 has CUDA 11.4 and TensorRT 8.5",
-                          f"JetPack 6 (CUDA 12.6, TensorRT 10.3) is recommended: {JETPACK_URL}", required=False)
+        return SetupCheck("jetson-linux", "warn", text + "; JetPack 5 has Python 3.8 (its TensorRT and GStreamer "
+                          "bindings cannot load into vlmedge's Python 3.10+), CUDA 11.4, TensorRT 8.5",
+                          f"upgrade to JetPack 6 (Python 3.10, CUDA 12.6, TensorRT 10.3): {JETPACK_URL}",
+                          required=False)
     return SetupCheck("jetson-linux", "ok", text)
 
 
@@ -206,7 +208,8 @@ def check_argus(root: str, camera: str) -> SetupCheck:
     if os.path.exists(path):
         return SetupCheck("argus-daemon", "ok", f"{path} present", required=required)
     return SetupCheck("argus-daemon", "fail" if required else "warn", f"no {path} (nvargus-daemon not running?)",
-                      "sudo systemctl restart nvargus-daemon; in a container mount -v /tmp/argus_socket:/tmp/argus_socket",
+                      "sudo systemctl restart nvargus-daemon; in a container mount "
+                      "-v /tmp/argus_socket:/tmp/argus_socket",
                       required=required)
 
 

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = jsub.add_parser("setup", help="check JetPack, TensorRT, GStreamer, the plugin loader and the camera",
                         description="Checks what the camera assistant needs on this Jetson and prints what to fix. "
-                                    "Exits 1 when a required check fails (warnings do not).")
+                                    "Exits 1 when a required check fails (warnings do not). With --root, the device "
+                                    "files are read there; the TensorRT/GStreamer probes still test this Python.")
     root_arg(q)
     q.add_argument("--camera", default="any", choices=["any", "csi", "usb", "none"],
                    help="which camera the setup is for: csi needs Argus, usb needs v4l2src, any needs a "
@@ -150,10 +151,12 @@ def run_info(args) -> int:
     rows: list[tuple[str, str]] = []
     if info.is_jetson:
         parts = ", ".join(info.part_numbers) or "-"
-        rows.append(("model", f"{info.model or '?'} (parts {parts}{', super device tree' if info.super_config else ''})"))
+        tree = ", super device tree" if info.super_config else ""
+        rows.append(("model", f"{info.model or '?'} (parts {parts}{tree})"))
         if info.release:
             jp = info.release.jetpack or "unknown"
-            rows.append(("L4T", f"{info.release.tag} (JetPack {jp}{'' if info.release.jetpack_exact else ', release line'})"))
+            exact = "" if info.release.jetpack_exact else ", release line"
+            rows.append(("L4T", f"{info.release.tag} (JetPack {jp}{exact})"))
         else:
             rows.append(("L4T", "no /etc/nv_tegra_release"))
         rows.append(("detected", f"{info.profile.name if info.profile else 'no profile'} ({info.identified_by})"))
