@@ -393,7 +393,7 @@ def check_jetson(release_file: str | os.PathLike = "/etc/nv_tegra_release",
         pass
     if release is None:
         return Check("jetson", False, None, f"{path} present but unparsed: {_first_line(text)!r}", hint)
-    return Check("jetson", True, f"L4T {release}", model)
+    return Check("jetson", True, f"L4T {release}", importlib.import_module("vlmedge.jetson.detect").doctor_detail(text, model))
 
 
 # ------------------------------------------------------------------------------------------- running
