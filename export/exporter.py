@@ -88,7 +88,25 @@ def _half(adapter):
     return adapter
 
 
-def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", precision: str = "fp32",
+def target_plan(adapter, target: str, precision: str | None, method) -> tuple[str, dict | None]:
+    """(precision, memory plan) for `target`: Jetson targets take their precision default, the LLM's context
+    sizes and the builder workspace from the device profile (the detected module when exporting on one)."""
+    from vlmedge.jetson.detect import detect
+    from vlmedge.jetson.profiles import build_settings, profile_for_target
+
+    prof = profile_for_target(target, detected=detect().profile)
+    if prof is None:
+        return precision or "fp32", None
+    n_layers, kvh, hd = kv_shape(adapter)
+    weights = sum(p.numel() * p.element_size() for p in adapter.model.parameters())
+    budget = getattr(method, "tokens", None)
+    plan_ = build_settings(prof, weights_bytes=weights, num_layers=n_layers, num_kv_heads=kvh, head_dim=hd,
+                           precision=precision, tokens_per_frame=budget if isinstance(budget, int) else None,
+                           max_positions=getattr(adapter.text_config, "max_position_embeddings", None))
+    return plan_.precision, dataclasses.asdict(plan_)
+
+
+def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", precision: str | None = None,
                  opset: int = 18, exporter: str = "auto", force: bool = False, source: str | None = None,
                  max_frames: int | None = None, check: bool = True,
                  log: Callable[[str], None] = print) -> Manifest:
@@ -96,8 +114,11 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     from vlmedge.compression import get_method
     from vlmedge.compression.base import Compressor
 
-    _check_options(target, precision, opset, exporter, max_frames)
     method = get_method(method)
+    precision, memory_plan = target_plan(adapter, target, precision, method)
+    if memory_plan and max_frames is None:
+        max_frames = memory_plan["max_frames"]
+    _check_options(target, precision, opset, exporter, max_frames)
     job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
                     exporter=exporter, check=check, log=log)
     stages = plan(job)
@@ -146,7 +167,8 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
         notes.append("fp16 graphs are meant for GPUs: ONNX Runtime's CPU provider lacks fp16 kernels for some ops")
     runtime = RuntimeInfo(prompt=prompt, positions=position_spec(adapter.positions), tokenizer=TOKENIZER_DIR,
                           frame_size=list(adapter.frame_size), pixel_norm=dataclasses.asdict(adapter.pixel_norm),
-                          token_layout=layout, has_audio="audio" in specs, max_frames=max_frames)
+                          token_layout=layout, has_audio="audio" in specs, max_frames=max_frames,
+                          memory_plan=memory_plan)
     n_layers, kvh, hd = kv_shape(adapter)
     model = ModelInfo(family=adapter.family, source=source or "in-memory model",
                       model_type=str(adapter.model.config.model_type), hidden_size=int(adapter.hidden_size),

@@ -105,6 +105,7 @@ class RuntimeInfo:
     token_layout: dict
     has_audio: bool = False
     max_frames: int | None = None
+    memory_plan: dict | None = None  # Jetson targets: the profile's budget, workspace and context sizing
 
 
 @dataclass

@@ -325,3 +325,19 @@ def test_auto_falls_back_to_torchscript_and_says_so(monkeypatch, tiny_adapters, 
     monkeypatch.setattr(torch.onnx, "export", all_fail)
     with pytest.raises(ExportError, match=r"stage 'vision' could not be exported.*dynamo failed.*torchscript failed"):
         export_model(tiny_adapters["llava_onevision"], str(tmp_path / "b"), log=logs.append)
+
+
+def test_jetson_target_takes_precision_and_sizing_from_the_profile(tiny_adapters, tmp_path):
+    from vlmedge.export.manifest import Manifest
+
+    adapter = tiny_adapters["qwen2_5_vl"]
+    m = export_model(adapter, str(tmp_path), "uniform:tokens=6", target="orin-nano", exporter="torchscript",
+                     log=lambda m: None)
+    plan = m.runtime.memory_plan
+    assert m.precision == "fp16" and plan["profile"] == "orin-nano-8gb" and plan["gpu_arch"] == "sm_87"
+    assert m.runtime.max_frames == plan["max_frames"] > 0 and plan["workspace_bytes"] > 0
+    assert Manifest.load(str(tmp_path)).runtime.memory_plan == plan  # survives the round trip and validation
+    with pytest.raises(Exception, match="fp8|FP8|precision"):
+        export_model(adapter, str(tmp_path / "x"), "none", target="orin-nx", precision="fp8", log=lambda m: None)
+    cpu = export_model(adapter, str(tmp_path / "cpu"), "none", exporter="torchscript", log=lambda m: None)
+    assert cpu.precision == "fp32" and cpu.runtime.memory_plan is None

@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25 (default: none)")
     p.add_argument("--out", required=True, metavar="DIR", help="export directory to write")
     p.add_argument("--target", default="cpu", choices=TARGETS, help="device the export is meant for (default: cpu)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="weights and activations (default: fp32)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="weights and activations (default: fp32; Jetson targets: the module profile's, fp16)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     p.add_argument("--image-size", metavar="HxW",
                    help="frame size the vision graph is made for (Qwen families; default: the model's own)")
