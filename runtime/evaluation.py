@@ -38,7 +38,7 @@ class EvalReport:
         return json.dumps(d, indent=2)
 
     def table(self) -> str:
-        lines = [f"model {self.model} | method {self.method} | seeds {self.seeds[0]}..{self.seeds[1] - 1}",
+        lines = [f"{self.model} | method {self.method} | seeds {self.seeds[0]}..{self.seeds[1] - 1}",
                  f"{'type':<10} {'accuracy':>9} {'chance':>7} {'n':>5}"]
         for q in sorted(self.accuracy):
             if q == "overall":
