@@ -9,7 +9,7 @@
 #   1. missing Debian packages (GStreamer + its Python bindings and plugin loader, espeak-ng) are installed
 #      with apt-get (through sudo when not root; `apt-get update` runs only when something is missing);
 #   2. `.venv` is created when missing;
-#   3. torch is installed first (VLMEDGE_TORCH_SPEC, default torch==2.13.0), then `pip install -e '.[dev]'`
+#   3. torch is installed first (VLMEDGE_TORCH_SPEC, default torch==2.13.0), then `pip install -e '.[dev,bench]'`
 #      under the pinned versions of constraints.txt;
 #      this step is skipped while a stamp in .venv records the same hash of pyproject.toml, setup.py, this
 #      script and the torch settings;
@@ -173,7 +173,7 @@ EOF
     fi
 
     log "installing vlmedge in editable mode with its dev extras"
-    "${pip[@]}" install "${quiet[@]}" -c constraints.txt -e '.[dev]'
+    "${pip[@]}" install "${quiet[@]}" -c constraints.txt -e '.[dev,bench]'
     echo "$want" >"$STAMP"
 }
 

@@ -14,6 +14,7 @@ FOLDERS = {
     "vlmedge.pipelines": "pipelines",
     "vlmedge.calibration": "calibration",
     "vlmedge.jetson": "jetson",
+    "vlmedge.bench": "bench",
 }
 
 packages, package_dir = [], {}

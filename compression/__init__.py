@@ -4,5 +4,6 @@ from vlmedge.compression.registry import available, get_method, method_class, re
 from vlmedge.compression import baselines  # noqa: F401  (registers none / uniform / random)
 from vlmedge.compression import stc  # noqa: F401  (registers stc)
 from vlmedge.compression import omnizip  # noqa: F401  (registers omnizip, omnizip_random, omnizip_videoonly)
+from vlmedge.compression import script  # noqa: F401  (registers script)
 
 __all__ = ["Compressor", "FrameContext", "Selection", "TokenBudget", "WindowSelection", "available", "get_method", "method_class", "register"]

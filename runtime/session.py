@@ -28,13 +28,24 @@ AND its audio — before they can decide anything, so for them the session holds
 - `flush()` commits the open window as it is (e.g. at the end of a stream); items pushed later for the same
   time window form a second, partial window.
 Per-frame methods (the default) run frame by frame exactly as before: encode, compress, prefill at once.
+
+Query-conditioned methods (Script; `method.query_conditioned`) select tokens for a question, but frames arrive
+before anyone asks. They are committed with the session's `standing_prompt` as the query (None: no query, the
+method falls back to pure diversity), and the session keeps the last `requery_frames` frames' projected tokens
+(plus anything appended after the oldest of them) in a bounded buffer. `ask()` re-selects those frames for the
+question; from the first frame whose selection changed on, it sets the cache's tail aside, prefills the
+re-selected frames (later unchanged ones too: causal attention makes their KV depend on what precedes them)
+and the question, decodes, then drops that and puts the saved tail back — the stream keeps the standing
+selection and asking never changes it. The cost, reported in `Answer.requery_ms`, is one selection per
+buffered frame plus one prefill of at most `requery_frames` frames' kept tokens; older frames keep the
+standing-prompt selection.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +54,7 @@ from vlmedge.compression import FrameContext, get_method
 from vlmedge.errors import InputError
 from vlmedge.models.positions import PositionState
 from vlmedge.models.preprocess import validate_frame
+from vlmedge.runtime.kv_tail import cut_to, restore_tail, take_tail
 
 
 @dataclass
@@ -86,6 +98,20 @@ class _Buffered:
 
 
 @dataclass
+class _Segment:
+    """One append to the cache that a question may redo (query-conditioned methods): a frame with its tokens and
+    position ids, re-selectable, or any other append (audio, text) replayed as it was."""
+
+    start: int  # cache length before the append
+    embeds: torch.Tensor | None = None  # non-frame appends
+    ids: torch.Tensor | None = None  # position ids: the frame's full ids (all tokens + trailer) or the append's
+    tokens: Any = None  # FrameTokens for a frame
+    ctx: FrameContext | None = None
+    keep: torch.Tensor | None = None  # the committed selection
+    close: tuple[torch.Tensor, torch.Tensor] | None = None  # frame_close text appended after the frame
+
+
+@dataclass
 class Answer:
     question: str
     text: str
@@ -99,6 +125,9 @@ class Answer:
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # per generated token, when kept
     window_ms: float = 0.0  # window methods: compressing + prefilling the open window provisionally, before the
     # question's own prefill (time to first token = window_ms + prefill_ms)
+    requery_ms: float = 0.0  # query-conditioned methods: re-selecting recent frames for this question and
+    # prefilling them (part of the time to first token, like window_ms)
+    requeried_frames: int = 0  # frames re-prefilled with a selection made for this question
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -108,12 +137,23 @@ class Answer:
 
 class StreamingSession:
     def __init__(self, adapter, method="none", sample_fps: float | None = None, max_new_tokens: int = 16,
-                 keep_logits: bool = False):
+                 keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8):
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
+        if not isinstance(requery_frames, int) or requery_frames < 0:
+            raise InputError(f"requery_frames must be a count >= 0 (0: questions never re-select), got {requery_frames!r}")
+        if standing_prompt is not None and not isinstance(standing_prompt, str):
+            raise InputError("standing_prompt must be text (or None for no standing query)")
+        self.standing_prompt = standing_prompt.strip() if standing_prompt and standing_prompt.strip() else None
+        self.requery_frames = requery_frames
         self.adapter = adapter
         self.method = get_method(method)
+        self.query_conditioned = bool(getattr(self.method, "query_conditioned", False))
+        self._standing_query = (self._query_embedding(self.standing_prompt)
+                                if self.query_conditioned and self.standing_prompt else None)
         self.window_s = self.method.window_length(adapter)
+        if self.query_conditioned and self.window_s is not None:
+            raise InputError(f"method {self.method.name!r} is both query-conditioned and windowed; not supported")
         if self.window_s is not None and not self.window_s > 0:
             raise InputError(f"method {self.method.name!r} has a window of {self.window_s} s; it must be positive")
         self.sample_fps = sample_fps
@@ -136,6 +176,7 @@ class StreamingSession:
         self.window_stats: list[WindowStats] = []
         self._pending: list[_Buffered] = []  # window methods: the open window's encoded items, in push order
         self._pending_window: int | None = None
+        self._segments: list[_Segment] = []  # query-conditioned methods: appends since the oldest re-selectable frame
         self._append_text(self.adapter.prompt.prefix)
 
     @property
@@ -165,6 +206,24 @@ class StreamingSession:
             return None
         pos = positions if positions is not None else self.positions
         return self._append(self.adapter.embed_text(ids), self.adapter.positions.text(pos, ids.numel()))
+
+    def _query_embedding(self, text: str) -> torch.Tensor | None:
+        """The mean LLM input embedding of the text's own tokens (no template), what `FrameContext.query` holds."""
+        ids = self.adapter.tokenize(text)
+        if ids.numel() == 0:
+            return None
+        return self.adapter.embed_text(ids).float().mean(0)
+
+    def _record(self, seg: _Segment) -> None:
+        """Keeps the appends a question may redo: those since the oldest of the last `requery_frames` frames."""
+        if not self.query_conditioned or self.requery_frames == 0:
+            return
+        if seg.tokens is None and not self._segments:
+            return  # nothing before the first buffered frame is ever redone
+        self._segments.append(seg)
+        frames = [i for i, g in enumerate(self._segments) if g.tokens is not None]
+        if len(frames) > self.requery_frames:
+            del self._segments[:frames[len(frames) - self.requery_frames]]
 
     # ----- frames -----
     def push_frame(self, frame, time_s: float | None = None) -> FrameStats | None:
@@ -202,20 +261,22 @@ class StreamingSession:
         t0 = time.perf_counter()
         tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
         t1 = time.perf_counter()
-        ctx = FrameContext(frame_index=len(self.frame_stats), time_s=time_s)
+        ctx = FrameContext(frame_index=len(self.frame_stats), time_s=time_s, query=self._standing_query)
         sel = self.method.compress(tokens, ctx, self.method_state)
         t2 = time.perf_counter()
         pos = self.positions.copy()
         ids = self.adapter.positions.frame(pos, tokens.grid_hw, tokens.trailer.shape[0], time_s)
         n = tokens.num_tokens
-        feats = sel.features if sel.features is not None else tokens.features[sel.keep]
-        # Kept tokens keep the ids they had before pruning: columns are selected, never renumbered.
-        embeds = torch.cat([feats, tokens.trailer.to(feats.dtype)])
-        position_ids = torch.cat([ids[:, sel.keep], ids[:, n:]], dim=1)
-        self._append(embeds, position_ids)
+        start = self.cache.get_seq_length()
+        self._append(*_frame_inputs(tokens, sel, ids))
         self.positions = pos
+        close = None
         if self.adapter.prompt.frame_close:
-            self._append_text(self.adapter.prompt.frame_close)
+            cids = self.adapter.tokenize(self.adapter.prompt.frame_close)
+            if cids.numel():
+                close = (self.adapter.embed_text(cids), self.adapter.positions.text(self.positions, cids.numel()))
+                self._append(*close)
+        self._record(_Segment(start, ids=ids, tokens=tokens, ctx=ctx, keep=sel.keep, close=close))
         t3 = time.perf_counter()
         stats = FrameStats(len(self.frame_stats), time_s, n, int(sel.keep.numel()),
                            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
@@ -232,8 +293,10 @@ class StreamingSession:
             return int(audio.features.shape[0])
         pos = self.positions.copy()
         ids = self.adapter.positions.audio(pos, audio.features.shape[0], float(time_s), audio.seconds_per_token)
+        start = self.cache.get_seq_length()
         self._append(audio.features, ids)
         self.positions = pos
+        self._record(_Segment(start, embeds=audio.features, ids=ids))
         return int(audio.features.shape[0])
 
     # ----- windows (window methods) -----
@@ -290,11 +353,9 @@ class StreamingSession:
                 tok, fs = it.tokens, sel.frames[frame_i]
                 frame_i += 1
                 fid = self.adapter.positions.frame(pos, tok.grid_hw, tok.trailer.shape[0], it.time_s)
-                n = tok.num_tokens
-                feats = fs.features if fs.features is not None else tok.features[fs.keep]
-                # kept tokens keep the ids they had before pruning: columns are selected, never renumbered
-                embeds.append(torch.cat([feats, tok.trailer.to(feats.dtype)]))
-                ids.append(torch.cat([fid[:, fs.keep], fid[:, n:]], dim=1))
+                e, i = _frame_inputs(tok, fs, fid)
+                embeds.append(e)
+                ids.append(i)
                 kept.append(int(fs.keep.numel()))
                 if close is not None and close.numel():
                     embeds.append(self.adapter.embed_text(close))
@@ -365,13 +426,22 @@ class StreamingSession:
         stopped_by = "max_tokens"
         frames = len(self.frame_stats) + self.pending_frames
         conditioned = snapshot
+        restore, requeried = None, 0
+        tw = tr = time.perf_counter()
         try:
-            tw = time.perf_counter()
             if self._pending:  # provisional flush: a copy of the method's state, cropped away with the question
                 provisional = self._compress_pending(copy.deepcopy(self.method_state))
                 embeds, ids, _, _ = self._window_inputs(provisional, pos)
                 if embeds is not None:
                     self._append(embeds, ids)
+                conditioned = self.cache.get_seq_length()
+            tr = time.perf_counter()
+            redo = self._requery_inputs(question.strip()) if self.query_conditioned and self._segments else None
+            if redo is not None:
+                start, embeds, ids, requeried = redo
+                restore = (start, take_tail(self.cache, start))
+                cut_to(self.cache, start)
+                self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
             t0 = time.perf_counter()
             logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
@@ -393,6 +463,8 @@ class StreamingSession:
                 logits = self._append(emb, self.adapter.positions.text(pos, 1))
             t2 = time.perf_counter()
         finally:
+            if restore is not None:
+                restore_tail(self.cache, *restore)
             extra = self.cache.get_seq_length() - snapshot
             if extra > 0:
                 self.cache.crop(-extra)
@@ -402,4 +474,44 @@ class StreamingSession:
                 text = text[: text.index(s)]
         return Answer(question=question, text=text.strip(), token_ids=generated, stream_tokens=conditioned,
                       frames=frames, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
-                      stopped_by=stopped_by, logits=kept_logits, window_ms=(t0 - tw) * 1e3)
+                      stopped_by=stopped_by, logits=kept_logits, window_ms=(tr - tw) * 1e3,
+                      requery_ms=(t0 - tr) * 1e3, requeried_frames=requeried)
+
+    def _requery_inputs(self, question: str):
+        """Re-selects the buffered frames for `question`; None when no selection changed, else the cache length
+        to cut back to and the embeddings and ids to prefill from there (see the module notes)."""
+        q = self._query_embedding(question)
+        redo, first = [], None
+        for i, seg in enumerate(self._segments):
+            if seg.tokens is None:
+                redo.append(None)
+                continue
+            sel = self.method.compress(seg.tokens, replace(seg.ctx, query=q), copy.deepcopy(self.method_state))
+            if first is None and (sel.features is not None or not torch.equal(sel.keep, seg.keep)):
+                first = i
+            redo.append(sel)
+        if first is None:
+            return None
+        embeds, ids, frames = [], [], 0
+        for seg, sel in zip(self._segments[first:], redo[first:]):
+            if sel is None:
+                embeds.append(seg.embeds)
+                ids.append(seg.ids)
+                continue
+            frames += 1
+            e, i = _frame_inputs(seg.tokens, sel, seg.ids)
+            embeds.append(e)
+            ids.append(i)
+            if seg.close is not None:
+                embeds.append(seg.close[0])
+                ids.append(seg.close[1])
+        dtype = embeds[0].dtype
+        return self._segments[first].start, torch.cat([e.to(dtype) for e in embeds]), torch.cat(ids, dim=1), frames
+
+
+def _frame_inputs(tokens, sel, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frame's kept tokens (or merged features) and trailer, with their ids. Kept tokens keep the ids they had
+    before pruning: columns are selected, never renumbered."""
+    n = tokens.num_tokens
+    feats = sel.features if sel.features is not None else tokens.features[sel.keep]
+    return torch.cat([feats, tokens.trailer.to(feats.dtype)]), torch.cat([ids[:, sel.keep], ids[:, n:]], dim=1)

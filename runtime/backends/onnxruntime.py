@@ -51,6 +51,7 @@ class OrtKVCache:
         import onnxruntime as ort
 
         self.device = device
+        self.itemsize = np.dtype(dtype).itemsize
         empty = np.zeros((1, kv_heads, 0, head_dim), dtype=dtype)
         self.values = [ort.OrtValue.ortvalue_from_numpy(empty, device, 0) for _ in range(2 * n_layers)]
 
@@ -71,6 +72,20 @@ class OrtKVCache:
 
     def __len__(self) -> int:
         return len(self.values) // 2
+
+    def nbytes(self) -> int:
+        return sum(int(np.prod(v.shape())) for v in self.values) * self.itemsize
+
+    def tail(self, start: int) -> list[np.ndarray]:
+        """Copies of every layer's entries from `start` on (see runtime/kv_tail.py)."""
+        return [np.ascontiguousarray(v.numpy()[:, :, start:]) for v in self.values]
+
+    def extend(self, tail: list[np.ndarray]) -> None:
+        """Appends entries taken with `tail()` back after the current ones."""
+        import onnxruntime as ort
+
+        self.values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.concatenate([v.numpy(), t], axis=2)),
+                                                        self.device, 0) for v, t in zip(self.values, tail)]
 
 
 class OrtAdapter:

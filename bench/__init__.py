@@ -1,0 +1,1 @@
+"""`vlmedge bench`: accuracy on the reference models and timing on realistically shaped models, one run."""

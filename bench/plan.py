@@ -1,0 +1,67 @@
+"""What a bench run measures: method variants at each keep ratio, named so tables read as comparisons.
+
+A keep ratio k is a fraction of a frame's P visual tokens. Each method takes it in its own setting (STC's
+pruner keeps `tokens = round(k·P)`; the others take `ratio=k`), so all rows at one k keep the same count.
+Variants that isolate a part of a method ride along: STC's cacher only / pruner only (the issue's four-way
+table), Script without its graph stage (DPP only). Methods that need something the model lacks (OmniZip needs
+audio) or that are not registered in this build are listed as skipped, with the reason, never dropped silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmedge.compression.registry import available
+from vlmedge.errors import InputError
+
+METHODS = ("none", "uniform", "random", "stc", "omnizip", "script", "glimpse")
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str  # row name in tables and plots
+    family: str  # the method family it belongs to (plot series)
+    spec: str  # `--method` spec
+    keep: float | None  # nominal keep ratio (None: keeps every token, e.g. cacher only)
+
+
+def variants(methods, ratios, tokens_per_frame: int, has_audio: bool) -> tuple[list[Variant], dict[str, str]]:
+    """The variants to run and {method: reason} for the ones skipped."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    bad = [r for r in ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise InputError(f"keep ratios must be in (0, 1], got {', '.join(map(str, bad))}")
+    registered = set(available())
+    out: list[Variant] = []
+    skipped: dict[str, str] = {}
+    for m in methods:
+        if m not in registered:
+            skipped[m] = "not implemented in this build"
+            continue
+        if m == "omnizip" and not has_audio:
+            skipped[m] = "needs an audio-video (Omni) model"
+            continue
+        if m == "none":
+            out.append(Variant("none", "none", "none", 1.0))
+            continue
+        if m == "stc":
+            out.append(Variant("stc cacher only", "stc cacher only", "stc:pruner=false", None))
+        for k in ratios:
+            tag = f"{k:.0%}"
+            n = max(1, round(k * tokens_per_frame))
+            if m in ("uniform", "random"):
+                out.append(Variant(f"{m} {tag}", m, f"{m}:ratio={k}", k))
+            elif m == "stc":
+                out.append(Variant(f"stc pruner only {tag}", "stc pruner only", f"stc:cacher=false,tokens={n}", k))
+                out.append(Variant(f"stc {tag}", "stc", f"stc:tokens={n}", k))
+            elif m == "script":
+                out.append(Variant(f"script {tag}", "script", f"script:ratio={k}", k))
+                out.append(Variant(f"script dpp-only {tag}", "script dpp-only", f"script:ratio={k},gsp_ratio=0", k))
+            elif m == "omnizip":
+                # ρv is a discard ratio; the audio ratio stays at the paper's 0.3
+                out.append(Variant(f"omnizip {tag}", "omnizip", f"omnizip:rho_v={1 - k:.4g},exact_budget=true", k))
+            elif m == "glimpse":
+                # GlimpsePrune decides its own count; the ratio is its cap
+                out.append(Variant(f"glimpse ≤{tag}", "glimpse", f"glimpse:max_ratio={k}", k))
+    return out, skipped

@@ -1,0 +1,82 @@
+"""One bench run: accuracy of every variant on the reference model, then latency on a realistically shaped one.
+
+Accuracy needs a trained model (the bundled reference, or `--model`); latency needs realistic shapes, which
+the reference model does not have, so the two halves use different models and say so in every table. Both
+halves run every variant in this one process, so ratios compare runs made under the same conditions.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from vlmedge.bench.plan import METHODS, variants
+
+QUICK = {"ratios": (0.327, 0.111), "seeds": (1_000_000, 1_000_040), "timing_streams": 1, "repeats": 2,
+         "shape": "siglip-base+qwen2-0.5b-6l"}
+FULL = {"ratios": (0.5, 0.327, 0.2, 0.111), "seeds": (1_000_000, 1_000_200), "timing_streams": 2, "repeats": 3,
+        "shape": "siglip-base+qwen2-0.5b"}
+
+
+@dataclass
+class BenchResult:
+    config: dict
+    accuracy: list = field(default_factory=list)  # {"label", "family", "keep", "report": EvalReport}
+    timing: list = field(default_factory=list)  # TimingResult
+    skipped: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, shape: str | None = None,
+              repeats: int | None = None, timing_streams: int | None = None, accuracy_model=None,
+              accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True) -> BenchResult:
+    import torch
+
+    from vlmedge.bench import shapes
+    from vlmedge.bench.timing import time_method
+    from vlmedge.models import camworld
+    from vlmedge.runtime.evaluation import evaluate
+
+    preset = QUICK if quick else FULL
+    ratios = tuple(ratios or preset["ratios"])
+    seeds = tuple(seeds or preset["seeds"])
+    shape_obj = shapes.get_shape(shape or preset["shape"])
+    repeats = repeats or preset["repeats"]
+    timing_streams = timing_streams or preset["timing_streams"]
+    t0 = time.perf_counter()
+    result = BenchResult(config={
+        "quick": quick, "methods": list(methods), "ratios": list(ratios), "seeds": list(seeds),
+        "accuracy_model": accuracy_name, "timing_model": shape_obj.description, "timing_shape": shape_obj.name,
+        "repeats": repeats, "timing_streams": timing_streams, "backend": "torch", "device": "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+    })
+
+    if do_accuracy:
+        adapter = accuracy_model
+        probe = adapter.encode_frame(camworld.generate(seeds[0], split="eval").frames[0])
+        plan, skipped = variants(methods, ratios, probe.num_tokens, adapter.has_audio)
+        result.skipped.update(skipped)
+        for i, v in enumerate(plan):
+            rep = evaluate(adapter, v.spec, seeds, name=accuracy_name)
+            result.accuracy.append({"label": v.label, "family": v.family, "keep": v.keep, "report": rep})
+            log(f"accuracy {i + 1}/{len(plan)} {v.label:<24} overall {rep.accuracy['overall']:.3f} "
+                f"tokens {rep.tokens_per_frame:.1f} ({rep.wall_s:.0f} s)")
+
+    if do_timing:
+        log(f"building {shape_obj.description} with random weights")
+        adapter = shapes.build(shape_obj)
+        plan, skipped = variants(methods, ratios, shape_obj.tokens_per_frame, adapter.has_audio)
+        result.skipped.update(skipped)
+        streams = [camworld.generate(seeds[0] + i, split="eval") for i in range(timing_streams)]
+        with torch.no_grad():
+            for i, v in enumerate(plan):
+                t = time_method(adapter, v.spec, streams, label=v.label, model=shape_obj.name, repeats=repeats)
+                result.timing.append(t)
+                log(f"timing {i + 1}/{len(plan)} {v.label:<24} vision {t.value('vision_ms'):.0f} ms "
+                    f"prefill {t.value('prefill_ms'):.0f} ms tokens {t.value('tokens_kept'):.0f}")
+    result.wall_s = time.perf_counter() - t0
+    return result

@@ -1,0 +1,34 @@
+"""Setting a cache's newest entries aside and putting them back, for questions that redo recent frames.
+
+A question that re-selects recent frames (query-conditioned methods) must prefill them again from the first
+changed one on, yet leave the stream's cache as it was. Copying the tail out and appending it back costs one
+copy of those entries; recomputing them would cost their prefill again.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def take_tail(cache, start: int):
+    """Copies of every layer's entries from position `start` on."""
+    if hasattr(cache, "tail"):  # ONNX Runtime backend
+        return cache.tail(start)
+    return [(layer.keys[:, :, start:].clone(), layer.values[:, :, start:].clone()) for layer in cache.layers]
+
+
+def cut_to(cache, length: int) -> None:
+    """Keeps the first `length` entries (transformers 5 caches only take a negative count to drop)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def restore_tail(cache, start: int, tail) -> None:
+    """Cuts the cache back to `start` entries and appends `tail` (from `take_tail(cache, start)`) after them."""
+    cut_to(cache, start)
+    if hasattr(cache, "extend"):
+        cache.extend(tail)
+        return
+    for layer, (k, v) in zip(cache.layers, tail):
+        layer.keys = torch.cat([layer.keys, k], dim=2)
+        layer.values = torch.cat([layer.values, v], dim=2)

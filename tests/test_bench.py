@@ -1,0 +1,81 @@
+"""`vlmedge bench`: the variant plan, the timing and memory readings, the reports and the command end to end."""
+import json
+import math
+
+import pytest
+
+from vlmedge.bench import report, shapes
+from vlmedge.bench.memory import PeakMemory, kv_bytes
+from vlmedge.bench.plan import variants
+from vlmedge.bench.run import run_bench
+from vlmedge.bench.timing import Measured, time_method
+from vlmedge.errors import InputError
+from vlmedge.models import camworld
+
+
+def test_plan_matches_token_counts_across_methods():
+    plan, skipped = variants(["none", "uniform", "stc", "script", "omnizip", "glimpse"], [0.327], 196, False)
+    specs = {v.label: v.spec for v in plan}
+    assert specs["stc 33%"] == "stc:tokens=64" and specs["stc pruner only 33%"] == "stc:cacher=false,tokens=64"
+    assert specs["stc cacher only"] == "stc:pruner=false" and specs["uniform 33%"] == "uniform:ratio=0.327"
+    assert specs["script dpp-only 33%"] == "script:ratio=0.327,gsp_ratio=0"
+    assert skipped["omnizip"].startswith("needs an audio")
+    assert "glimpse" in skipped or "glimpse ≤33%" in specs
+    with pytest.raises(InputError, match="unknown bench method"):
+        variants(["fastv"], [0.5], 196, False)
+    with pytest.raises(InputError, match="keep ratios"):
+        variants(["uniform"], [1.5], 196, False)
+
+
+def test_measured_is_median_and_spread():
+    m = Measured.of([3.0, 1.0, 2.0, float("nan")])
+    assert (m.median, m.spread, len(m.runs)) == (2.0, 2.0, 3)
+
+
+def test_timing_counts_tokens_kv_and_memory():
+    adapter = shapes.build(shapes.get_shape("tiny"))
+    streams = [camworld.generate(1_000_000, split="eval")]
+    full = time_method(adapter, "none", streams, repeats=1, warmup=0, decode_tokens=2)
+    half = time_method(adapter, "uniform:ratio=0.25", streams, repeats=1, warmup=0, decode_tokens=2)
+    assert full.value("tokens_in") == 16 and full.value("tokens_kept") == 16 and half.value("tokens_kept") == 4
+    assert full.frames_per_run == streams[0].num_frames
+    # the KV cache holds prefix + per frame (kept + newline): fewer tokens, proportionally fewer bytes
+    per_token = 2 * 2 * 2 * 16 * 4  # layers * (k, v) * kv_heads * head_dim (64 / 4 heads) * fp32
+    n_frames = streams[0].num_frames
+    assert full.value("kv_mb") * 2**20 - half.value("kv_mb") * 2**20 == pytest.approx(n_frames * 12 * per_token)
+    assert full.value("vision_ms") > 0 and full.value("prefill_ms") > 0 and full.value("peak_mb") > 0
+
+
+def test_kv_bytes_reads_the_cache():
+    adapter = shapes.build(shapes.get_shape("tiny"))
+    cache = adapter.new_cache()
+    assert kv_bytes(cache) == 0
+    with PeakMemory() as peak:
+        pass
+    assert peak.peak_mb > 0
+
+
+def test_bench_end_to_end_writes_tables(tiny_adapters, tmp_path):
+    res = run_bench(methods=["none", "uniform", "stc", "script"], ratios=[0.5], quick=True,
+                    seeds=(1_000_000, 1_000_002), shape="tiny", repeats=1, timing_streams=1,
+                    accuracy_model=tiny_adapters["llava_onevision"], accuracy_name="tiny")
+    labels = [a["label"] for a in res.accuracy]
+    assert labels == [t.label for t in res.timing]
+    assert labels[:2] == ["none", "uniform 50%"] and "stc cacher only" in labels and "script dpp-only 50%" in labels
+    md = report.markdown(res)
+    assert "| none |" in md and "1.00×" in md and "Accuracy" in md
+    data = json.loads(json.dumps(report.to_json(res)))
+    assert {t["label"] for t in data["timing"]} == set(labels)
+    pngs = report.plots(res, str(tmp_path))
+    for p in pngs:
+        assert (tmp_path / p.split("/")[-1]).stat().st_size > 1000
+    stc = next(t for t in res.timing if t.label == "stc 50%")
+    assert stc.value("tokens_kept") == 8 and not math.isnan(stc.value("vision_ms"))
+
+
+def test_bench_command_refuses_contradictory_options(capsys):
+    from vlmedge.cli import main
+
+    assert main(["bench", "--no-accuracy", "--no-timing"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
+    assert main(["bench", "--ratios", "a,b", "--no-timing"]) == 2
