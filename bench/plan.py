@@ -24,8 +24,10 @@ class Variant:
     keep: float | None  # nominal keep ratio (None: keeps every token, e.g. cacher only)
 
 
-def variants(methods, ratios, tokens_per_frame: int, has_audio: bool) -> tuple[list[Variant], dict[str, str]]:
-    """The variants to run and {method: reason} for the ones skipped."""
+def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
+             glimpse_weights: str | None = None) -> tuple[list[Variant], dict[str, str]]:
+    """The variants to run and {method: reason} for the ones skipped. GlimpsePrune runs only with trained
+    modules (`glimpse_weights`: a folder holding them)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"unknown bench method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -42,6 +44,12 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool) -> tuple[l
         if m == "omnizip" and not has_audio:
             skipped[m] = "needs an audio-video (Omni) model"
             continue
+        if m == "glimpse" and not glimpse_weights:
+            skipped[m] = "no trained predictor for this model (vlmedge train-vip)"
+            continue
+        if m == "glimpse":
+            # its own data-driven count, then capped at each ratio (the paper's ≤11.1% / ≤22.2% / ≤33.3% rows)
+            out.append(Variant("glimpse", "glimpse", f"glimpse:weights={glimpse_weights}", None))
         if m == "none":
             out.append(Variant("none", "none", "none", 1.0))
             continue
@@ -62,6 +70,6 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool) -> tuple[l
                 # ρv is a discard ratio; the audio ratio stays at the paper's 0.3
                 out.append(Variant(f"omnizip {tag}", "omnizip", f"omnizip:rho_v={1 - k:.4g},exact_budget=true", k))
             elif m == "glimpse":
-                # GlimpsePrune decides its own count; the ratio is its cap
-                out.append(Variant(f"glimpse ≤{tag}", "glimpse", f"glimpse:max_ratio={k}", k))
+                out.append(Variant(f"glimpse ≤{tag}", "glimpse capped", f"glimpse:weights={glimpse_weights},"
+                                                                       f"max_ratio={k}", k))
     return out, skipped

@@ -6,6 +6,7 @@ halves run every variant in this one process, so ratios compare runs made under 
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ def log(msg: str) -> None:
 
 def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, shape: str | None = None,
               repeats: int | None = None, timing_streams: int | None = None, accuracy_model=None,
-              accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True) -> BenchResult:
+              accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True,
+              work_dir: str = "bench-results") -> BenchResult:
     import torch
 
     from vlmedge.bench import shapes
@@ -58,7 +60,7 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
     if do_accuracy:
         adapter = accuracy_model
         probe = adapter.encode_frame(camworld.generate(seeds[0], split="eval").frames[0])
-        plan, skipped = variants(methods, ratios, probe.num_tokens, adapter.has_audio)
+        plan, skipped = variants(methods, ratios, probe.num_tokens, adapter.has_audio, _glimpse_dir(adapter))
         result.skipped.update(skipped)
         for i, v in enumerate(plan):
             rep = evaluate(adapter, v.spec, seeds, name=accuracy_name)
@@ -69,8 +71,16 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
     if do_timing:
         log(f"building {shape_obj.description} with random weights")
         adapter = shapes.build(shape_obj)
-        plan, skipped = variants(methods, ratios, shape_obj.tokens_per_frame, adapter.has_audio)
-        result.skipped.update(skipped)
+        # an untrained predictor of the right shape times like a trained one (its count is set by the cap)
+        timing_glimpse = None
+        if "glimpse" in methods:
+            from vlmedge.compression.glimpse.modules import GlimpseModules
+
+            timing_glimpse = GlimpseModules.for_adapter(adapter).save(os.path.join(work_dir, "timing-model"))
+        plan, skipped = variants(methods, ratios, shape_obj.tokens_per_frame, adapter.has_audio, timing_glimpse)
+        plan = [v for v in plan if v.label != "glimpse"]  # uncapped: an untrained predictor's count means nothing
+        for m, why in skipped.items():
+            result.skipped.setdefault(m, why)
         streams = [camworld.generate(seeds[0] + i, split="eval") for i in range(timing_streams)]
         with torch.no_grad():
             for i, v in enumerate(plan):
@@ -80,3 +90,8 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
                     f"prefill {t.value('prefill_ms'):.0f} ms tokens {t.value('tokens_kept'):.0f}")
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _glimpse_dir(adapter) -> str | None:
+    d = getattr(adapter, "model_dir", None) if adapter is not None else None
+    return os.path.join(d, "glimpse") if d and os.path.isfile(os.path.join(d, "glimpse", "config.json")) else None

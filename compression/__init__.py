@@ -5,5 +5,6 @@ from vlmedge.compression import baselines  # noqa: F401  (registers none / unifo
 from vlmedge.compression import stc  # noqa: F401  (registers stc)
 from vlmedge.compression import omnizip  # noqa: F401  (registers omnizip, omnizip_random, omnizip_videoonly)
 from vlmedge.compression import script  # noqa: F401  (registers script)
+from vlmedge.compression.glimpse import method as _glimpse  # noqa: F401  (registers glimpse)
 
 __all__ = ["Compressor", "FrameContext", "Selection", "TokenBudget", "WindowSelection", "available", "get_method", "method_class", "register"]

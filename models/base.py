@@ -103,6 +103,7 @@ class Adapter:
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter loads
     has_audio: ClassVar[bool] = False
+    model_dir: str | None = None  # the checkpoint folder when loaded with from_pretrained
 
     def __init__(self, model: nn.Module, tokenizer, prompt: PromptFormat, positions: PositionScheme,
                  pixel_norm: preprocess.PixelNorm):

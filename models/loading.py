@@ -105,4 +105,6 @@ def from_pretrained(path: str, **adapter_kwargs):
     if missing:
         raise ModelFileError(f"weights in {path} lack {len(missing)} tensors the config needs (first: {missing[0]}); "
                              "the checkpoint and config.json do not belong together")
-    return adapter_class(family).from_model(model, tokenizer, model_dir=path, **adapter_kwargs)
+    adapter = adapter_class(family).from_model(model, tokenizer, model_dir=path, **adapter_kwargs)
+    adapter.model_dir = path  # add-ons trained for this checkpoint (e.g. GlimpsePrune's VIP) live beside it
+    return adapter

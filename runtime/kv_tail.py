@@ -32,3 +32,11 @@ def restore_tail(cache, start: int, tail) -> None:
     for layer, (k, v) in zip(cache.layers, tail):
         layer.keys = torch.cat([layer.keys, k], dim=2)
         layer.values = torch.cat([layer.values, v], dim=2)
+
+
+def cut_layers_to(cache, length: int) -> None:
+    """Keeps the first `length` entries of EVERY layer (after a failed pruned prefill the layers may differ)."""
+    for layer in getattr(cache, "layers", ()):
+        if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
+            layer.keys = layer.keys[:, :, :length]
+            layer.values = layer.values[:, :, :length]

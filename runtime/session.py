@@ -50,11 +50,11 @@ from typing import Any
 
 import torch
 
-from vlmedge.compression import FrameContext, get_method
+from vlmedge.compression import FrameContext, Selection, get_method
 from vlmedge.errors import InputError
 from vlmedge.models.positions import PositionState
 from vlmedge.models.preprocess import validate_frame
-from vlmedge.runtime.kv_tail import cut_to, restore_tail, take_tail
+from vlmedge.runtime.kv_tail import cut_layers_to, cut_to, restore_tail, take_tail
 
 
 @dataclass
@@ -149,6 +149,7 @@ class StreamingSession:
         self.adapter = adapter
         self.method = get_method(method)
         self.query_conditioned = bool(getattr(self.method, "query_conditioned", False))
+        self.prunes_in_llm = bool(getattr(self.method, "prunes_in_llm", False))  # GlimpsePrune: see its method
         self._standing_query = (self._query_embedding(self.standing_prompt)
                                 if self.query_conditioned and self.standing_prompt else None)
         self.window_s = self.method.window_length(adapter)
@@ -262,13 +263,23 @@ class StreamingSession:
         tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
         t1 = time.perf_counter()
         ctx = FrameContext(frame_index=len(self.frame_stats), time_s=time_s, query=self._standing_query)
-        sel = self.method.compress(tokens, ctx, self.method_state)
-        t2 = time.perf_counter()
         pos = self.positions.copy()
         ids = self.adapter.positions.frame(pos, tokens.grid_hw, tokens.trailer.shape[0], time_s)
         n = tokens.num_tokens
         start = self.cache.get_seq_length()
-        self._append(*_frame_inputs(tokens, sel, ids))
+        if self.prunes_in_llm:  # selection happens inside the prefill: compress time is part of prefill time
+            t2 = t1
+            pieces = [self._frame_piece(tokens, ids)]
+            if self.standing_prompt:
+                sp = self.adapter.tokenize(self.standing_prompt)
+                pieces.append(_piece(self.adapter.embed_text(sp), self.adapter.positions.text(pos.copy(), sp.numel()),
+                                     keep=False))
+            _, keeps = self._prefill_pieces(pieces)
+            sel = Selection(keep=keeps[0].cpu())
+        else:
+            sel = self.method.compress(tokens, ctx, self.method_state)
+            t2 = time.perf_counter()
+            self._append(*_frame_inputs(tokens, sel, ids))
         self.positions = pos
         close = None
         if self.adapter.prompt.frame_close:
@@ -436,7 +447,20 @@ class StreamingSession:
                     self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
             tr = time.perf_counter()
-            redo = self._requery_inputs(question.strip()) if self.query_conditioned and self._segments else None
+            logits = None
+            if self.prunes_in_llm and self._segments:
+                # frames, question and glimpse in one pruned prefill (the paper's inference over those frames)
+                start = self._segments[0].start
+                restore = (start, take_tail(self.cache, start))
+                cut_to(self.cache, start)
+                q_ids = self.adapter.tokenize(self.adapter.prompt.question_template.format(question=question.strip()))
+                pieces = self._segment_pieces() + [
+                    _piece(self.adapter.embed_text(q_ids), self.adapter.positions.text(pos, q_ids.numel()))]
+                logits, _ = self._prefill_pieces(pieces)
+                requeried = sum(g.tokens is not None for g in self._segments)
+                conditioned = self.cache.get_seq_length() - q_ids.numel()  # without the question's own tokens
+            redo = (self._requery_inputs(question.strip())
+                    if self.query_conditioned and not self.prunes_in_llm and self._segments else None)
             if redo is not None:
                 start, embeds, ids, requeried = redo
                 restore = (start, take_tail(self.cache, start))
@@ -444,7 +468,10 @@ class StreamingSession:
                 self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
             t0 = time.perf_counter()
-            logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
+            if logits is None:
+                logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
+            else:
+                t0 = tr  # the fused prefill above is the question's prefill
             t1 = time.perf_counter()
             for _ in range(max_new):
                 last = logits[-1]
@@ -477,6 +504,32 @@ class StreamingSession:
                       stopped_by=stopped_by, logits=kept_logits, window_ms=(tr - tw) * 1e3,
                       requery_ms=(t0 - tr) * 1e3, requeried_frames=requeried)
 
+    def _frame_piece(self, tokens, ids):
+        from vlmedge.compression.glimpse.prefill import Piece
+
+        return Piece(torch.cat([tokens.features, tokens.trailer.to(tokens.features.dtype)]), ids, tokens)
+
+    def _segment_pieces(self) -> list:
+        """The buffered appends as prefill pieces: frames with all their tokens, everything else as it was."""
+        pieces = []
+        for seg in self._segments:
+            if seg.tokens is None:
+                pieces.append(_piece(seg.embeds, seg.ids))
+                continue
+            pieces.append(self._frame_piece(seg.tokens, seg.ids))
+            if seg.close is not None:
+                pieces.append(_piece(*seg.close))
+        return pieces
+
+    def _prefill_pieces(self, pieces):
+        """A method's own pruned prefill (GlimpsePrune); on failure every cache layer is cut back."""
+        start = self.cache.get_seq_length()
+        try:
+            return self.method.prefill(self.adapter, self.cache, pieces)
+        except Exception:
+            cut_layers_to(self.cache, start)
+            raise
+
     def _requery_inputs(self, question: str):
         """Re-selects the buffered frames for `question`; None when no selection changed, else the cache length
         to cut back to and the embeddings and ids to prefill from there (see the module notes)."""
@@ -507,6 +560,12 @@ class StreamingSession:
                 ids.append(seg.close[1])
         dtype = embeds[0].dtype
         return self._segments[first].start, torch.cat([e.to(dtype) for e in embeds]), torch.cat(ids, dim=1), frames
+
+
+def _piece(embeds, ids, keep: bool = True):
+    from vlmedge.compression.glimpse.prefill import Piece
+
+    return Piece(embeds, ids, keep=keep)
 
 
 def _frame_inputs(tokens, sel, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

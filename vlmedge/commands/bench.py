@@ -67,7 +67,7 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     result = run_bench(methods=methods, ratios=ratios, quick=args.quick, seeds=seeds, shape=args.shape,
                        repeats=args.repeats, timing_streams=args.streams, accuracy_model=model, accuracy_name=name,
-                       do_accuracy=not args.no_accuracy, do_timing=not args.no_timing)
+                       do_accuracy=not args.no_accuracy, do_timing=not args.no_timing, work_dir=args.out)
     md = report.markdown(result)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report.to_json(result), f, indent=2)

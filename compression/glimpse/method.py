@@ -1,0 +1,86 @@
+"""`--method glimpse`: GlimpsePrune — a learned glimpse token and predictor decide which tokens the LLM keeps.
+
+Settings (`glimpse:threshold=0.5,max_ratio=0.2,...`):
+- `threshold` (0.5): keep tokens whose predicted probability is above it (strict, as released);
+- `max_ratio` (none): cap on the kept fraction, applied over all frames of one prefill together (as released:
+  per sample, not per image); `min_keep` (1): never keep fewer;
+- `weights` (none = `<model dir>/glimpse`): the trained modules (`vlmedge train-vip` writes them).
+
+Unlike the other methods it prunes INSIDE the LLM: layers 0..K see every token, then hidden states and the KV of
+those layers are pruned once and the later layers run on what is kept (prefill.py). It needs a query, so in a
+stream (runtime/session.py) frames are committed with the session's standing prompt conditioning the glimpse
+(dropped afterwards; no standing prompt: the glimpse follows the frame directly), and `ask()` redoes the last
+`requery_frames` frames in the question's own prefill: frames, question and glimpse in one pruned pass, exactly
+the paper's inference over those frames. Older frames keep their standing selection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vlmedge.compression.base import Compressor, FrameContext, Selection
+from vlmedge.compression.registry import register
+from vlmedge.errors import InputError
+
+
+@register("glimpse")
+@dataclass
+class Glimpse(Compressor):
+    threshold: float = 0.5
+    max_ratio: float | None = None
+    min_keep: int = 1
+    weights: str | None = None
+
+    query_conditioned: ClassVar[bool] = True
+    prunes_in_llm: ClassVar[bool] = True
+
+    def __post_init__(self):
+        def check(ok: bool, msg: str):
+            if not ok:
+                raise InputError(f"glimpse: {msg}")
+
+        num = (int, float)
+        check(isinstance(self.threshold, num) and 0.0 < self.threshold < 1.0,
+              f"threshold is a probability in (0, 1), got {self.threshold!r}")
+        check(self.max_ratio is None or (isinstance(self.max_ratio, num) and 0.0 < self.max_ratio <= 1.0),
+              f"max_ratio must be in (0, 1] (or none for no cap), got {self.max_ratio!r}")
+        check(isinstance(self.min_keep, int) and self.min_keep >= 1, f"min_keep must be >= 1, got {self.min_keep!r}")
+        self._loaded: dict[int, tuple] = {}  # per adapter: (LayerRunner, GlimpseModules); read-only weights
+
+    def settings(self) -> dict:
+        return {k: v for k, v in super().settings().items() if not k.startswith("_")}
+
+    def modules(self, adapter):
+        """(LayerRunner, GlimpseModules) for `adapter`, loaded once and shared by every stream (read-only)."""
+        key = id(adapter)
+        if key not in self._loaded:
+            from vlmedge.compression.glimpse.llm_split import LayerRunner
+            from vlmedge.compression.glimpse.modules import GlimpseModules
+
+            path = self.weights or (getattr(adapter, "model_dir", None) and f"{adapter.model_dir}/glimpse")
+            if not path:
+                raise InputError("glimpse: this model was not loaded from a folder, so there is no default predictor; "
+                                 "pass glimpse:weights=DIR (trained with `vlmedge train-vip`)")
+            mods = GlimpseModules.load(path, adapter)
+            self._loaded[key] = (LayerRunner(adapter), mods)  # the VIP runs in fp32 (spec §10: fp32 logits)
+        return self._loaded[key]
+
+    def encode_frame(self, adapter, frame, state):
+        _, mods = self.modules(adapter)
+        return adapter.encode_frame(frame, taps=tuple(mods.cfg.taps))
+
+    def compress(self, tokens, ctx: FrameContext, state) -> Selection:
+        raise InputError("glimpse prunes inside the LLM's prefill and needs the session to run it; use it through "
+                         "StreamingSession (`vlmedge eval --method glimpse`), not as a per-frame selector")
+
+    @torch.no_grad()
+    def prefill(self, adapter, cache, pieces):
+        """Pruned prefill of `pieces` (prefill.Piece) into `cache`: (last logits, kept indices per frame piece)."""
+        from vlmedge.compression.glimpse.prefill import prefill
+
+        runner, mods = self.modules(adapter)
+        logits, keeps, _ = prefill(runner, mods, cache, pieces, threshold=self.threshold, max_ratio=self.max_ratio,
+                                   min_keep=self.min_keep)
+        return logits, keeps
