@@ -28,7 +28,7 @@ for name, folder in FOLDERS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"vlmedge.models": ["reference/*/*"], "vlmedge.pipelines": ["python/*.py"],
+    package_data={"vlmedge.models": ["reference/*/*", "reference/*/glimpse/*"], "vlmedge.pipelines": ["python/*.py"],
                   "vlmedge.jetson": ["deploy/*"]},
     include_package_data=True,
 )
