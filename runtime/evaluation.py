@@ -71,7 +71,8 @@ def parse_seed_range(spec: str) -> tuple[int, int]:
     return start, end
 
 
-def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=None) -> EvalReport:
+def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=None, **session_kwargs) -> EvalReport:
+    """`session_kwargs` go to every stream's `StreamingSession` (memory_budget, standing_prompt, ...)."""
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
     from vlmedge.runtime.playback import play_stream
@@ -86,7 +87,7 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
     for n, seed in enumerate(range(*seeds)):
         stream = camworld.generate(seed, split="eval")
         if session is None:
-            session = StreamingSession(adapter, method, sample_fps=stream.fps, max_new_tokens=3)
+            session = StreamingSession(adapter, method, sample_fps=stream.fps, max_new_tokens=3, **session_kwargs)
         else:
             session.reset()
         questions = [q for q in stream.questions if q.qtype in qtypes]

@@ -40,3 +40,18 @@ def cut_layers_to(cache, length: int) -> None:
         if getattr(layer, "keys", None) is not None and layer.keys.shape[-2] > length:
             layer.keys = layer.keys[:, :, :length]
             layer.values = layer.values[:, :, :length]
+
+
+def remove_span(cache, start: int, end: int) -> None:
+    """Drops entries `[start, end)` from every layer (a frame block leaving the token store). Later entries keep
+    their keys as computed: RoPE is already applied, so their positions are unchanged."""
+    if end <= start:
+        return
+    if hasattr(cache, "remove"):  # ONNX Runtime backend
+        cache.remove(start, end)
+        return
+    for layer in cache.layers:
+        n = layer.keys.shape[-2]
+        keep = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(layer.keys.device)
+        layer.keys = layer.keys.index_select(-2, keep)
+        layer.values = layer.values.index_select(-2, keep)

@@ -117,6 +117,27 @@ def weights_bytes(adapter) -> int:
     return total
 
 
+def tensor_bytes(objs) -> int:
+    """Bytes of every tensor reachable from `objs` through attributes, lists, tuples and dicts (each tensor once)."""
+    import torch
+
+    seen, total, stack = set(), 0, list(objs)
+    while stack:
+        o = stack.pop()
+        if o is None or isinstance(o, (str, int, float, bool)) or id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            total += o.numel() * o.element_size()
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+        elif hasattr(o, "__dict__"):
+            stack.extend(vars(o).values())
+    return total
+
+
 def probe(adapter, method, frame=None) -> tuple[int, int, int]:
     """(tokens per frame, prompt tokens, workspace bytes) measured on one frame through a scratch session.
 

@@ -54,6 +54,8 @@ class Answer:
     requery_ms: float = 0.0  # query-conditioned methods: re-selecting recent frames for this question and
     # prefilling them (part of the time to first token, like window_ms)
     requeried_frames: int = 0  # frames re-prefilled with a selection made for this question
+    evicted_blocks: int = 0  # token store: blocks (frames, windows, audio) evicted since the previous question
+    evicted_tokens: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)

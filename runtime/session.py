@@ -26,6 +26,7 @@ from vlmedge.runtime.kv_tail import cut_to, restore_tail, take_tail
 from vlmedge.runtime.layout import frame_inputs
 from vlmedge.runtime.records import Answer, FrameStats, WindowStats
 from vlmedge.runtime.requery import RequeryStream, _piece, _Segment
+from vlmedge.runtime.token_store import TokenStore
 from vlmedge.runtime.windowing import WindowedStream, _Buffered
 
 __all__ = ["StreamingSession", "Answer", "FrameStats", "WindowStats"]
@@ -33,7 +34,11 @@ __all__ = ["StreamingSession", "Answer", "FrameStats", "WindowStats"]
 
 class StreamingSession(WindowedStream, RequeryStream):
     def __init__(self, adapter, method="none", sample_fps: float | None = None, max_new_tokens: int = 16,
-                 keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8):
+                 keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8,
+                 memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1):
+        """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
+        stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
+        Without either the stream grows with every frame."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -49,6 +54,21 @@ class StreamingSession(WindowedStream, RequeryStream):
         self._standing_query = (self._query_embedding(self.standing_prompt)
                                 if self.query_conditioned and self.standing_prompt else None)
         self.window_s = self.method.window_length(adapter)
+        self.plan = None
+        if memory_budget is not None and max_stream_tokens is not None:
+            raise InputError("give memory_budget or max_stream_tokens, not both")
+        if memory_budget is not None:
+            from vlmedge.runtime.planner import MemoryPlan, parse_bytes, plan_for
+
+            self.plan = (memory_budget if isinstance(memory_budget, MemoryPlan)  # a plan made earlier
+                         else plan_for(adapter, self.method, parse_bytes(memory_budget)))
+            reserve = self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0
+            max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
+            if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
+                raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "
+                                 "question and re-selection reserve are set aside; raise it or lower requery_frames")
+        self.store = TokenStore(int(max_stream_tokens), sink_frames) if max_stream_tokens is not None else None
+        self._reported = (0, 0)  # store counters at the last question
         if self.query_conditioned and self.window_s is not None:
             raise InputError(f"method {self.method.name!r} is both query-conditioned and windowed; not supported")
         if self.window_s is not None and not self.window_s > 0:
@@ -74,6 +94,9 @@ class StreamingSession(WindowedStream, RequeryStream):
         self._pending: list[_Buffered] = []  # window methods: the open window's encoded items, in push order
         self._pending_window: int | None = None
         self._segments: list[_Segment] = []  # query-conditioned methods: appends since the oldest re-selectable frame
+        if self.store is not None:
+            self.store.reset()
+            self._reported = (0, 0)
         self._append_text(self.adapter.prompt.prefix)
 
     @property
@@ -145,7 +168,8 @@ class StreamingSession(WindowedStream, RequeryStream):
         pos = self.positions.copy()
         ids = self.adapter.positions.frame(pos, tokens.grid_hw, tokens.trailer.shape[0], time_s)
         n = tokens.num_tokens
-        start = self.cache.get_seq_length()
+        close_ids = (self.adapter.tokenize(self.adapter.prompt.frame_close) if self.adapter.prompt.frame_close
+                     else torch.zeros(0, dtype=torch.long))
         if self.prunes_in_llm:  # selection happens inside the prefill: compress time is part of prefill time
             t2 = t1
             pieces = [self._frame_piece(tokens, ids)]
@@ -153,19 +177,24 @@ class StreamingSession(WindowedStream, RequeryStream):
                 sp = self.adapter.tokenize(self.standing_prompt)
                 pieces.append(_piece(self.adapter.embed_text(sp), self.adapter.positions.text(pos.copy(), sp.numel()),
                                      keep=False))
+            # room for the whole frame, the standing prompt and the glimpse while they are in the prefill
+            self._make_room(sum(p.embeds.shape[0] for p in pieces) + 1 + close_ids.numel())
+            start = self.cache.get_seq_length()
             _, keeps = self._prefill_pieces(pieces)
             sel = Selection(keep=keeps[0].cpu())
         else:
             sel = self.method.compress(tokens, ctx, self.method_state)
             t2 = time.perf_counter()
-            self._append(*frame_inputs(tokens, sel, ids))
+            embeds, fids = frame_inputs(tokens, sel, ids)
+            self._make_room(embeds.shape[0] + close_ids.numel())
+            start = self.cache.get_seq_length()
+            self._append(embeds, fids)
         self.positions = pos
         close = None
-        if self.adapter.prompt.frame_close:
-            cids = self.adapter.tokenize(self.adapter.prompt.frame_close)
-            if cids.numel():
-                close = (self.adapter.embed_text(cids), self.adapter.positions.text(self.positions, cids.numel()))
-                self._append(*close)
+        if close_ids.numel():
+            close = (self.adapter.embed_text(close_ids), self.adapter.positions.text(self.positions, close_ids.numel()))
+            self._append(*close)
+        self._stored(start, "frame", time_s)
         self._record(_Segment(start, ids=ids, tokens=tokens, ctx=ctx, keep=sel.keep, close=close))
         t3 = time.perf_counter()
         stats = FrameStats(len(self.frame_stats), time_s, n, int(sel.keep.numel()),
@@ -183,13 +212,47 @@ class StreamingSession(WindowedStream, RequeryStream):
             return int(audio.features.shape[0])
         pos = self.positions.copy()
         ids = self.adapter.positions.audio(pos, audio.features.shape[0], float(time_s), audio.seconds_per_token)
+        self._make_room(int(audio.features.shape[0]))
         start = self.cache.get_seq_length()
         self._append(audio.features, ids)
+        self._stored(start, "audio", float(time_s))
         self.positions = pos
         self._record(_Segment(start, embeds=audio.features, ids=ids))
         return int(audio.features.shape[0])
 
-    # ----- windows (window methods) -----
+    # ----- the token store -----
+    def _make_room(self, incoming: int) -> None:
+        """Evicts old blocks so `incoming` entries fit (no store: nothing); re-selection buffers that reached back
+        past an evicted block are cut to what follows it, and their cache positions move with the cache."""
+        if self.store is None:
+            return
+        for b in self.store.make_room(self.cache, incoming):
+            end = b.start + b.length
+            self._segments = [g for g in self._segments if g.start >= end]
+            for g in self._segments:
+                g.start -= b.length
+
+    def _stored(self, start: int, kind: str, time_s: float) -> None:
+        if self.store is not None:
+            self.store.add(start, self.cache.get_seq_length() - start, kind, time_s)
+
+    def memory(self) -> dict:
+        """Bytes this stream accounts for: the model's weights (shared between sessions on one adapter), the
+        planner's measured workspace, the KV cache, and the buffers the stream keeps (re-selection frames, an open
+        window, the method's state), with the plan's budget when there is one."""
+        from vlmedge.bench.memory import kv_bytes
+        from vlmedge.runtime.planner import tensor_bytes, weights_bytes
+
+        buffers = tensor_bytes([g.tokens for g in self._segments] + [it.tokens for it in self._pending]
+                               + [self.method_state])
+        out = {"weights": weights_bytes(self.adapter), "workspace": self.plan.workspace_bytes if self.plan else 0,
+               "kv": kv_bytes(self.cache), "buffers": buffers}
+        out["total"] = sum(out.values())
+        if self.plan is not None:
+            out["budget"] = self.plan.budget_bytes
+        if self.store is not None:
+            out["kv_capacity_tokens"] = self.store.capacity_tokens
+        return out
 
     # ----- questions -----
     @torch.no_grad()
@@ -272,7 +335,12 @@ class StreamingSession(WindowedStream, RequeryStream):
         for s in stops:
             if s and s in text:
                 text = text[: text.index(s)]
+        evicted = (0, 0)
+        if self.store is not None:
+            now = (self.store.evicted_blocks, self.store.evicted_tokens)
+            evicted, self._reported = (now[0] - self._reported[0], now[1] - self._reported[1]), now
         return Answer(question=question, text=text.strip(), token_ids=generated, stream_tokens=conditioned,
+                      evicted_blocks=evicted[0], evicted_tokens=evicted[1],
                       frames=frames, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
                       stopped_by=stopped_by, logits=kept_logits, window_ms=(tr - tw) * 1e3,
                       requery_ms=(t0 - tr) * 1e3, requeried_frames=requeried)

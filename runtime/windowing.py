@@ -134,7 +134,10 @@ class WindowedStream:
         pos = self.positions.copy()
         embeds, ids, kept, audio_kept = self._window_inputs(sel, pos)
         if embeds is not None:
+            self._make_room(int(embeds.shape[0]))
+            start = self.cache.get_seq_length()
             self._append(embeds, ids)
+            self._stored(start, "window", self._pending[0].time_s)
         self.positions, self.method_state = pos, state
         t2 = time.perf_counter()
         frames = [it for it in self._pending if it.kind == "frame"]

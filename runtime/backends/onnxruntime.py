@@ -76,6 +76,14 @@ class OrtKVCache:
     def nbytes(self) -> int:
         return sum(int(np.prod(v.shape())) for v in self.values) * self.itemsize
 
+    def remove(self, start: int, end: int) -> None:
+        """Drops entries `[start, end)` of every layer (see runtime/kv_tail.py)."""
+        import onnxruntime as ort
+
+        self.values = [ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(np.concatenate([v.numpy()[:, :, :start], v.numpy()[:, :, end:]], axis=2)),
+            self.device, 0) for v in self.values]
+
     def tail(self, start: int) -> list[np.ndarray]:
         """Copies of every layer's entries from `start` on (see runtime/kv_tail.py)."""
         return [np.ascontiguousarray(v.numpy()[:, :, start:]) for v in self.values]

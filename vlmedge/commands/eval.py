@@ -14,6 +14,11 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25")
     p.add_argument("--seeds", default="1000000+200", help="START:END or START+COUNT (default %(default)s)")
+    p.add_argument("--memory-budget", help="bound each stream by a planned memory budget, e.g. 6GiB")
+    p.add_argument("--max-stream-tokens", type=int, help="bound each stream's KV to this many tokens (token store)")
+    p.add_argument("--standing-prompt", help="query-conditioned methods: the query frames are committed with")
+    p.add_argument("--requery-frames", type=int, default=8,
+                   help="query-conditioned methods: recent frames re-selected per question (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     p.add_argument("--answers", action="store_true", help="include every question and answer in the JSON")
     p.set_defaults(func=run)
@@ -29,7 +34,9 @@ def run(args) -> int:
         if done == total or done % max(1, total // 10) == 0:
             print(f"[eval] {done}/{total} streams", file=sys.stderr, flush=True)
 
-    report = evaluate(adapter, args.method, seeds, name=path, progress=progress)
+    report = evaluate(adapter, args.method, seeds, name=path, progress=progress, memory_budget=args.memory_budget,
+                      max_stream_tokens=args.max_stream_tokens, standing_prompt=args.standing_prompt,
+                      requery_frames=args.requery_frames)
     print(report.table())
     if args.json:
         text = report.to_json(with_answers=args.answers)

@@ -1,0 +1,116 @@
+"""The token store: a bounded stream, sinks kept, eviction counted, budgets planned, memory accounted."""
+import resource
+
+import pytest
+import torch
+
+from conftest import make_frames
+from vlmedge.errors import InputError
+from vlmedge.runtime import StreamingSession
+
+Q = "how many objects are there ?"
+
+
+def _kv(s):
+    return [(l.keys.clone(), l.values.clone()) for l in s.cache.layers]
+
+
+@pytest.mark.parametrize("method", ["none", "uniform:ratio=0.5", "script:ratio=0.5", "stc:tokens=6"])
+def test_stream_stays_inside_its_capacity_and_keeps_the_sink(tiny_adapters, method):
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, method, max_stream_tokens=60, sink_frames=1)
+    prefix = s.stream_tokens
+    s.push_frame(make_frames(1, seed=1)[0], time_s=0.0)
+    sink = [(k[:, :, : s.stream_tokens].clone(), v[:, :, : s.stream_tokens].clone()) for k, v in _kv(s)]
+    sink_len = s.stream_tokens
+    for i, f in enumerate(make_frames(12, seed=2), start=1):
+        s.push_frame(f, time_s=float(i))
+        assert s.stream_tokens <= 60
+    for (k0, v0), (k1, v1) in zip(sink, _kv(s)):  # the prompt and the first frame are still there, untouched
+        assert torch.equal(k0, k1[:, :, :sink_len]) and torch.equal(v0, v1[:, :, :sink_len])
+    assert s.store.evicted_blocks > 0 and s.store.blocks[0].start == prefix
+    starts = [b.start for b in s.store.blocks]
+    assert starts == sorted(starts) and starts[-1] + s.store.blocks[-1].length == s.stream_tokens
+    ans = s.ask(Q, max_new_tokens=2)
+    assert ans.evicted_blocks == s.store.evicted_blocks and ans.evicted_tokens == s.store.evicted_tokens
+    assert s.ask(Q, max_new_tokens=1).evicted_blocks == 0  # counted per question
+    assert s.stream_tokens <= 60
+
+
+def test_eviction_equals_removing_the_same_blocks_from_an_unbounded_stream(tiny_adapters):
+    """The KV that survives is exactly what the unbounded stream computed up to the first eviction: evicting only
+    removes whole blocks and never recomputes or renumbers what stays."""
+    a = tiny_adapters["qwen2_5_vl"]
+    frames = make_frames(4, seed=3)
+    bounded = StreamingSession(a, "uniform:ratio=0.25", max_stream_tokens=10**6)
+    free = StreamingSession(a, "uniform:ratio=0.25")
+    for i, f in enumerate(frames):
+        bounded.push_frame(f, time_s=float(i))
+        free.push_frame(f, time_s=float(i))
+    from vlmedge.runtime.kv_tail import remove_span
+
+    b = bounded.store.blocks[1]
+    bounded.store.capacity_tokens = bounded.stream_tokens  # now full: the next make_room evicts block 1
+    bounded._make_room(b.length)
+    remove_span(free.cache, b.start, b.start + b.length)
+    for (k0, v0), (k1, v1) in zip(_kv(bounded), _kv(free)):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+def test_requery_buffer_follows_eviction(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, "script:ratio=0.5", max_stream_tokens=70, requery_frames=3)
+    for i, f in enumerate(make_frames(8, seed=4)):
+        s.push_frame(f, time_s=float(i))
+        for g in s._segments:  # every buffered frame's recorded start is where its block now begins
+            assert any(b.start == g.start for b in s.store.blocks)
+    before = _kv(s)
+    ans = s.ask(Q, max_new_tokens=1)
+    assert ans.requeried_frames <= 3
+    for (k0, v0), (k1, v1) in zip(before, _kv(s)):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+def test_a_frame_that_cannot_fit_is_refused_clearly(tiny_adapters):
+    s = StreamingSession(tiny_adapters["llava_onevision"], "none", max_stream_tokens=20, sink_frames=0)
+    with pytest.raises(InputError, match="do not fit a token store"):
+        s.push_frame(make_frames(1)[0])
+
+
+def test_memory_budget_plans_the_store_and_accounts_for_it(tiny_adapters):
+    from vlmedge.runtime.planner import plan_for, plan_memory
+
+    a = tiny_adapters["llava_onevision"]
+    p0 = plan_for(a, "uniform:ratio=0.25", 2**30)
+    # room for 40 frames
+    budget = p0.weights_bytes + p0.workspace_bytes + 512 * (p0.prompt_tokens + 64 + 40 * p0.tokens_per_frame)
+    plan = plan_memory(budget, p0.weights_bytes, p0.workspace_bytes, 512, p0.tokens_per_frame, p0.prompt_tokens)
+    assert plan.frames == 40
+    s = StreamingSession(a, "uniform:ratio=0.25", memory_budget=plan)
+    assert s.store.capacity_tokens == plan.capacity_tokens - plan.question_tokens
+    rss = []
+    for i, f in enumerate(make_frames(300, h=8, w=8, seed=5)):
+        s.push_frame(f, time_s=float(i))
+        m = s.memory()
+        assert m["total"] <= m["budget"] and m["kv"] <= s.store.capacity_tokens * plan.kv_bytes_per_token
+        if i in (100, 299):
+            rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    assert s.store.evicted_blocks > 0
+    assert rss[1] - rss[0] < 20 * 1024  # KB: the process's peak does not grow once the store is full
+    with pytest.raises(InputError, match="need at least"):
+        StreamingSession(a, "none", memory_budget="64KiB")
+    with pytest.raises(InputError, match="not both"):
+        StreamingSession(a, "none", memory_budget="1MiB", max_stream_tokens=100)
+
+
+def test_window_methods_store_whole_windows(tiny_adapters):
+    a = tiny_adapters["qwen2_5_omni"]
+    s = StreamingSession(a, "omnizip", max_stream_tokens=200)
+    g = torch.Generator().manual_seed(0)
+    for i, f in enumerate(make_frames(10, seed=6)):
+        s.push_frame(f, time_s=float(i))
+        s.push_audio((torch.randn(16000, generator=g) * 0.1).numpy(), float(i))
+        assert s.stream_tokens <= 200
+    s.flush()
+    assert s.stream_tokens <= 200 and s.store.evicted_blocks > 0
+    assert {b.kind for b in s.store.blocks} == {"window"}
