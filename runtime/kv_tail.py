@@ -55,3 +55,16 @@ def remove_span(cache, start: int, end: int) -> None:
         keep = torch.cat([torch.arange(0, start), torch.arange(end, n)]).to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, keep)
         layer.values = layer.values.index_select(-2, keep)
+
+
+def take_span(cache, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Host copies of every layer's entries `[start, end)` (a block going to the offload store)."""
+    return [(layer.keys[:, :, start:end].to("cpu", copy=True), layer.values[:, :, start:end].to("cpu", copy=True))
+            for layer in cache.layers]
+
+
+def append_kv(cache, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Appends per-layer (keys, values) after what every layer holds (retrieved blocks, for one question)."""
+    for layer, (k, v) in zip(cache.layers, kv):
+        layer.keys = torch.cat([layer.keys, k.to(layer.keys.device, layer.keys.dtype)], dim=2)
+        layer.values = torch.cat([layer.values, v.to(layer.values.device, layer.values.dtype)], dim=2)

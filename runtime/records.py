@@ -56,6 +56,8 @@ class Answer:
     requeried_frames: int = 0  # frames re-prefilled with a selection made for this question
     evicted_blocks: int = 0  # token store: blocks (frames, windows, audio) evicted since the previous question
     evicted_tokens: int = 0
+    retrieved_blocks: int = 0  # offload policy: offloaded blocks brought back for this question
+    retrieved_tokens: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -35,10 +35,12 @@ __all__ = ["StreamingSession", "Answer", "FrameStats", "WindowStats"]
 class StreamingSession(WindowedStream, RequeryStream):
     def __init__(self, adapter, method="none", sample_fps: float | None = None, max_new_tokens: int = 16,
                  keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8,
-                 memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1):
+                 memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1,
+                 eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0):
         """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
         stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
-        Without either the stream grows with every frame."""
+        Without either the stream grows with every frame. `eviction` ("evict" or "offload"), `offload_tokens` and
+        `retrieve_tokens` choose what happens to blocks that leave (runtime/token_store.py)."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -62,12 +64,20 @@ class StreamingSession(WindowedStream, RequeryStream):
 
             self.plan = (memory_budget if isinstance(memory_budget, MemoryPlan)  # a plan made earlier
                          else plan_for(adapter, self.method, parse_bytes(memory_budget)))
-            reserve = self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0
+            # a question's extra tokens come out of the budget too: re-selected frames, retrieved blocks
+            reserve = (self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0) + (
+                int(retrieve_tokens) if eviction == "offload" else 0)
             max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
             if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
                 raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "
                                  "question and re-selection reserve are set aside; raise it or lower requery_frames")
-        self.store = TokenStore(int(max_stream_tokens), sink_frames) if max_stream_tokens is not None else None
+        if max_stream_tokens is None and eviction != "evict":
+            raise InputError(f"eviction={eviction!r} needs a bounded stream: give memory_budget or max_stream_tokens")
+        if eviction == "offload" and not hasattr(adapter, "language_model"):
+            raise InputError("the offload policy scores blocks with the PyTorch model's layers; this backend has "
+                             "none (use eviction='evict')")
+        self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
+                                 int(retrieve_tokens)) if max_stream_tokens is not None else None)
         self._reported = (0, 0)  # store counters at the last question
         if self.query_conditioned and self.window_s is not None:
             raise InputError(f"method {self.method.name!r} is both query-conditioned and windowed; not supported")
@@ -236,6 +246,24 @@ class StreamingSession(WindowedStream, RequeryStream):
         if self.store is not None:
             self.store.add(start, self.cache.get_seq_length() - start, kind, time_s)
 
+    def _retrieve(self, question: str, pos) -> tuple[int, int]:
+        """Offload policy: appends the offloaded blocks that best match `question` (for this question only; the
+        caller crops them away with it); returns (blocks, tokens). GlimpsePrune's fused prefill does not retrieve."""
+        store = self.store
+        if store is None or store.policy != "offload" or not store.host:
+            return 0, 0
+        from vlmedge.runtime.kv_tail import append_kv
+        from vlmedge.runtime.retrieval import choose, score_blocks
+
+        ids = self.adapter.tokenize(self.adapter.prompt.question_template.format(question=question))
+        scores = score_blocks(self.adapter, self.cache, store.host, self.adapter.embed_text(ids),
+                              self.adapter.positions.text(pos.copy(), ids.numel()))
+        chosen = choose(store.host, scores, store.retrieve_tokens)
+        for b in chosen:
+            append_kv(self.cache, b.kv)
+        store.retrieved_blocks += len(chosen)
+        return len(chosen), sum(b.length for b in chosen)
+
     def memory(self) -> dict:
         """Bytes this stream accounts for: the model's weights (shared between sessions on one adapter), the
         planner's measured workspace, the KV cache, and the buffers the stream keeps (re-selection frames, an open
@@ -245,6 +273,8 @@ class StreamingSession(WindowedStream, RequeryStream):
 
         buffers = tensor_bytes([g.tokens for g in self._segments] + [it.tokens for it in self._pending]
                                + [self.method_state])
+        if self.store is not None:
+            buffers += tensor_bytes([b.kv for b in self.store.host])  # the offload store (host memory)
         out = {"weights": weights_bytes(self.adapter), "workspace": self.plan.workspace_bytes if self.plan else 0,
                "kv": kv_bytes(self.cache), "buffers": buffers}
         out["total"] = sum(out.values())
@@ -273,7 +303,7 @@ class StreamingSession(WindowedStream, RequeryStream):
         stopped_by = "max_tokens"
         frames = len(self.frame_stats) + self.pending_frames
         conditioned = snapshot
-        restore, requeried = None, 0
+        restore, requeried, retrieved = None, 0, (0, 0)
         tw = tr = time.perf_counter()
         try:
             if self._pending:  # provisional flush: a copy of the method's state, cropped away with the question
@@ -303,8 +333,10 @@ class StreamingSession(WindowedStream, RequeryStream):
                 cut_to(self.cache, start)
                 self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
+            retrieved = self._retrieve(question.strip(), pos) if logits is None else (0, 0)
             t0 = time.perf_counter()
             if logits is None:
+                conditioned += retrieved[1]
                 logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
             else:
                 t0 = tr  # the fused prefill above is the question's prefill
@@ -340,7 +372,8 @@ class StreamingSession(WindowedStream, RequeryStream):
             now = (self.store.evicted_blocks, self.store.evicted_tokens)
             evicted, self._reported = (now[0] - self._reported[0], now[1] - self._reported[1]), now
         return Answer(question=question, text=text.strip(), token_ids=generated, stream_tokens=conditioned,
-                      evicted_blocks=evicted[0], evicted_tokens=evicted[1],
+                      evicted_blocks=evicted[0], evicted_tokens=evicted[1], retrieved_blocks=retrieved[0],
+                      retrieved_tokens=retrieved[1],
                       frames=frames, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
                       stopped_by=stopped_by, logits=kept_logits, window_ms=(tr - tw) * 1e3,
                       requery_ms=(t0 - tr) * 1e3, requeried_frames=requeried)

@@ -114,3 +114,62 @@ def test_window_methods_store_whole_windows(tiny_adapters):
     s.flush()
     assert s.stream_tokens <= 200 and s.store.evicted_blocks > 0
     assert {b.kind for b in s.store.blocks} == {"window"}
+
+
+def test_offload_keeps_a_bounded_host_store_and_retrieves_for_a_question(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, "uniform:ratio=0.5", max_stream_tokens=40, eviction="offload", offload_tokens=27,
+                         retrieve_tokens=18)
+    for i, f in enumerate(make_frames(10, seed=7)):
+        s.push_frame(f, time_s=float(i))
+    st = s.store
+    assert st.offloaded_blocks == st.evicted_blocks > 0 and st.host_tokens <= 27
+    assert st.dropped_blocks == st.offloaded_blocks - len(st.host)
+    evicted = {b.time_s for b in st.host}
+    assert evicted.isdisjoint({b.time_s for b in st.blocks})  # a block is in the cache or on the host, not both
+    before, n = _kv(s), s.stream_tokens
+    ans = s.ask(Q, max_new_tokens=2)
+    per_block = st.host[0].length  # 6 pooled tokens + the newline
+    assert per_block == 7 and len(st.host) == 27 // 7
+    assert ans.retrieved_blocks == 18 // 7 and ans.retrieved_tokens == 14  # as many as the allowance holds
+    assert ans.stream_tokens == n + 14
+    assert s.stream_tokens == n
+    for (k0, v0), (k1, v1) in zip(before, _kv(s)):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert s.memory()["buffers"] >= st.host_tokens * 512  # the host store is accounted for
+
+
+def test_retrieval_scores_the_block_the_question_attends_to(tiny_adapters):
+    from vlmedge.models.layer_runner import LayerRunner
+    from vlmedge.models.positions import PositionState
+    from vlmedge.runtime.retrieval import choose, score_blocks
+    from vlmedge.runtime.token_store import Block
+
+    a = tiny_adapters["llava_onevision"]
+    cache = a.new_cache()
+    ids = a.tokenize(Q)
+    pos = a.positions.text(PositionState(), ids.numel())
+    emb = a.embed_text(ids)
+    runner = LayerRunner(a)
+    _, q = runner.run(emb, pos, a.new_cache(), range(0, 2), capture_layer=1, capture_rows=torch.arange(ids.numel()),
+                      capture_queries=True)
+    kvh, hd = 2, 16
+    aligned = q[0, ::2].mean(1, keepdim=True)[None].expand(1, kvh, 3, hd) * 5  # keys along the question's queries
+
+    def block(keys, t):
+        kv = [(torch.zeros(1, kvh, 3, hd), torch.zeros(1, kvh, 3, hd)), (keys.clone(), torch.zeros(1, kvh, 3, hd))]
+        return Block(0, 3, "frame", t, kv)
+
+    blocks = [block(-aligned, 0.0), block(aligned, 1.0), block(torch.zeros_like(aligned), 2.0)]
+    with torch.no_grad():
+        scores = score_blocks(a, cache, blocks, emb, pos, layer=1)
+    assert int(scores.argmax()) == 1 and scores[0] < scores[2] < scores[1]
+    assert cache.get_seq_length() == 0  # the scoring pass left the cache as it was
+    assert [b.time_s for b in choose(blocks, scores, 6)] == [1.0, 2.0]
+
+
+def test_offload_needs_sizes(tiny_adapters):
+    with pytest.raises(InputError, match="offload_tokens"):
+        StreamingSession(tiny_adapters["llava_onevision"], "none", max_stream_tokens=100, eviction="offload")
+    with pytest.raises(InputError, match="bounded stream"):
+        StreamingSession(tiny_adapters["llava_onevision"], "none", eviction="offload")

@@ -56,7 +56,7 @@ class Glimpse(Compressor):
         """(LayerRunner, GlimpseModules) for `adapter`, loaded once and shared by every stream (read-only)."""
         key = id(adapter)
         if key not in self._loaded:
-            from vlmedge.compression.glimpse.llm_split import LayerRunner
+            from vlmedge.models.layer_runner import LayerRunner
             from vlmedge.compression.glimpse.modules import GlimpseModules
 
             path = self.weights or (getattr(adapter, "model_dir", None) and f"{adapter.model_dir}/glimpse")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vlmedge.compression.glimpse.keep import keep_indices_multi
-from vlmedge.compression.glimpse.llm_split import LayerRunner, cache_length, split_prefill
+from vlmedge.models.layer_runner import LayerRunner, cache_length, split_prefill
 
 
 @dataclass

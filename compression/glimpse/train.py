@@ -130,7 +130,7 @@ def validate(runner, mods, adapter, cfg: VIPTrainConfig) -> dict:
 
 
 def train_vip(adapter, mods, cfg: VIPTrainConfig) -> dict:
-    from vlmedge.compression.glimpse.llm_split import LayerRunner
+    from vlmedge.models.layer_runner import LayerRunner
 
     for p in adapter.model.parameters():
         p.requires_grad_(False)

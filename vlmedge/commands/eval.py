@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--seeds", default="1000000+200", help="START:END or START+COUNT (default %(default)s)")
     p.add_argument("--memory-budget", help="bound each stream by a planned memory budget, e.g. 6GiB")
     p.add_argument("--max-stream-tokens", type=int, help="bound each stream's KV to this many tokens (token store)")
+    p.add_argument("--eviction", choices=["evict", "offload"], default="evict",
+                   help="what a bounded stream does with blocks that leave (default %(default)s)")
+    p.add_argument("--offload-tokens", type=int, default=0, help="offload policy: host store size in tokens")
+    p.add_argument("--retrieve-tokens", type=int, default=0, help="offload policy: tokens retrieved per question")
     p.add_argument("--standing-prompt", help="query-conditioned methods: the query frames are committed with")
     p.add_argument("--requery-frames", type=int, default=8,
                    help="query-conditioned methods: recent frames re-selected per question (default %(default)s)")
@@ -36,7 +40,8 @@ def run(args) -> int:
 
     report = evaluate(adapter, args.method, seeds, name=path, progress=progress, memory_budget=args.memory_budget,
                       max_stream_tokens=args.max_stream_tokens, standing_prompt=args.standing_prompt,
-                      requery_frames=args.requery_frames)
+                      requery_frames=args.requery_frames, eviction=args.eviction,
+                      offload_tokens=args.offload_tokens, retrieve_tokens=args.retrieve_tokens)
     print(report.table())
     if args.json:
         text = report.to_json(with_answers=args.answers)

@@ -1,4 +1,4 @@
-"""Layer-by-layer LLM runs for GlimpsePrune's split prefill (compression/glimpse/llm_split.py).
+"""Layer-by-layer LLM runs (models/layer_runner.py): GlimpsePrune's split prefill, the token store's retrieval scoring.
 
 The tiny models have 2 decoder layers; they are deepened to 4 here (extra layers are perturbed copies) so that a
 split at K has several layers on both sides.
@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
-from vlmedge.compression.glimpse.llm_split import LayerRunner, prune_cache, split_prefill, step_mask
+from vlmedge.models.layer_runner import LayerRunner, prune_cache, split_prefill, step_mask
 from vlmedge.models import tiny
 from vlmedge.models.positions import PositionState
 

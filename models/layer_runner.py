@@ -99,7 +99,8 @@ class LayerRunner:
         return step_mask(past, n, dtype, device)
 
     def run(self, hidden: Tensor, position_ids: Tensor, cache: DynamicCache, layers: range,
-            extra: Extra | None = None, capture_layer: int | None = None, capture_rows: Tensor | None = None):
+            extra: Extra | None = None, capture_layer: int | None = None, capture_rows: Tensor | None = None,
+            capture_queries: bool = False):
         """Runs decoder `layers` (ascending) on `hidden [L, D]` at `position_ids [P, L]`, appended after whatever
         `cache` holds for each of those layers (lengths may differ per layer; each layer's mask uses its own).
 
@@ -110,6 +111,8 @@ class LayerRunner:
         `capture_rows` (indices into the L new rows; default: the last row) against all S keys of that layer
         (cached + new), post-RoPE, GQA keys repeated, with no mask and no softmax (causally masked columns of
         earlier rows are included as computed). Without `capture_layer` the result is `hidden [L, D]`.
+        `capture_queries=True` captures those rows' post-RoPE queries `[1, H, n, head_dim]` instead (for scoring
+        keys that are not in the cache, e.g. offloaded blocks).
         No final norm is applied (see `logits`). Autograd is on unless the caller disables it.
         """
         layers = range(layers.start, layers.stop, layers.step) if isinstance(layers, range) else layers
@@ -152,14 +155,13 @@ class LayerRunner:
             if i == capture_layer:
                 rows = (torch.tensor([n - 1], device=h.device) if capture_rows is None
                         else capture_rows.to(h.device) % n)
-                captured = self.attention_logits(i, h_in[0, rows], cos[:, rows], sin[:, rows], cache)
+                captured = (self.queries(i, h_in[0, rows], cos[:, rows], sin[:, rows]) if capture_queries
+                            else self.attention_logits(i, h_in[0, rows], cos[:, rows], sin[:, rows], cache))
         hidden_out = h[0]
         return hidden_out if capture_layer is None else (hidden_out, captured)
 
-    def attention_logits(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor,
-                         cache: DynamicCache) -> Tensor:
-        """Raw logits `[n, H, S]` of query rows (given by their layer input `[n, D]` and rotary tables
-        `[1, n, head_dim]`) against every key cache layer `layer_idx` holds (after the layer ran)."""
+    def queries(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Post-RoPE queries `[1, H, n, head_dim]` of rows given by their layer input `[n, D]` and rotary tables."""
         layer = self.lm.layers[layer_idx]
         attn = layer.self_attn
         head_dim = int(attn.head_dim)
@@ -167,16 +169,27 @@ class LayerRunner:
         q = attn.q_proj(x).view(1, x.shape[0], -1, head_dim).transpose(1, 2)  # [1, H, n, hd]
         rope = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None) or _default_rope
         q, _ = rope(q, q, cos, sin)
-        keys = cache.layers[layer_idx].keys  # [1, kvH, S, hd], post-RoPE
-        groups = q.shape[1] // keys.shape[1]
-        if groups > 1:
-            keys = keys.repeat_interleave(groups, dim=1)
-        logits = torch.matmul(q, keys.transpose(-1, -2).to(q.dtype)) * head_dim ** -0.5  # [1, H, n, S]
-        return logits[0].transpose(0, 1)
+        return q
+
+    def attention_logits(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor,
+                         cache: DynamicCache) -> Tensor:
+        """Raw logits `[n, H, S]` of query rows (given by their layer input `[n, D]` and rotary tables
+        `[1, n, head_dim]`) against every key cache layer `layer_idx` holds (after the layer ran)."""
+        return query_key_logits(self.queries(layer_idx, layer_input_rows, cos, sin),
+                                cache.layers[layer_idx].keys)[0].transpose(0, 1)
 
     def logits(self, hidden_last: Tensor) -> Tensor:
         """lm_head(norm(h)) in float32 for `h [n, D]` (the last layer's output rows)."""
         return self.head(self.lm.norm(hidden_last)).float()
+
+
+def query_key_logits(q: Tensor, keys: Tensor) -> Tensor:
+    """`q [1, H, n, hd]` (post-RoPE) against `keys [1, kvH, S, hd]` (post-RoPE, GQA repeated here) →
+    `[1, H, n, S]` raw logits q·kᵀ/√hd."""
+    groups = q.shape[1] // keys.shape[1]
+    if groups > 1:
+        keys = keys.repeat_interleave(groups, dim=1)
+    return torch.matmul(q, keys.transpose(-1, -2).to(q.dtype)) * q.shape[-1] ** -0.5
 
 
 def prune_cache(cache: DynamicCache, layers: range, start: int, keep_local: Tensor) -> None:
