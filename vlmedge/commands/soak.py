@@ -1,0 +1,63 @@
+"""`vlmedge soak`: a long stream inside a memory budget, per eviction policy (a benchmark, not a test)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from vlmedge.commands.common import add_model_args, load_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser("soak", help="a long camera stream inside a memory budget, per eviction policy",
+                       description="Plays camworld clips back to back as one long stream (questions throughout) "
+                                   "inside a memory budget and reports tracked and resident memory over time against "
+                                   "the budget, throughput, evictions/retrievals and accuracy (backward-tracing "
+                                   "questions split by whether their evidence was still cached), once per policy.")
+    add_model_args(p)
+    p.add_argument("--method", default="uniform:ratio=0.25", help="compression method (default %(default)s)")
+    p.add_argument("--frames", type=int, default=7200, help="frames to play (default 7200: an hour at 2 fps)")
+    p.add_argument("--memory-budget", help="e.g. 64MiB (default: --max-stream-tokens)")
+    p.add_argument("--max-stream-tokens", type=int, default=2048, help="stream KV capacity when no budget is given")
+    p.add_argument("--policies", default="evict,offload", help="comma-separated: evict, offload")
+    p.add_argument("--offload-tokens", type=int, default=8192)
+    p.add_argument("--retrieve-tokens", type=int, default=512)
+    p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from vlmedge.errors import InputError
+    from vlmedge.runtime.planner import human
+    from vlmedge.runtime.soak import soak
+
+    if args.frames < 1:
+        raise InputError("--frames must be at least 1")
+    adapter, name = load_model(args)
+    reports = []
+    for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
+        def progress(done, total, m, rss):
+            print(f"[soak] {policy}: {done}/{total} frames, tracked {human(m['total'])}, RSS {human(rss)}, "
+                  f"KV {human(m['kv'])}", file=sys.stderr, flush=True)
+
+        r = soak(adapter, args.method, args.frames, policy=policy,
+                 memory_budget=args.memory_budget, max_stream_tokens=None if args.memory_budget else args.max_stream_tokens,
+                 offload_tokens=args.offload_tokens if policy == "offload" else 0,
+                 retrieve_tokens=args.retrieve_tokens if policy == "offload" else 0, progress=progress)
+        reports.append(r)
+    print(f"{name}, method {args.method}, {args.frames} frames")
+    print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
+          "(cached) | backward (evicted) | evicted | retrieved |")
+    print("|" + "---|" * 11)
+    for r in reports:
+        g = r.growth(600, 3600)
+        acc = r.accuracy
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"| {r.policy} | {r.fps:.1f} | {human(r.peak_tracked_bytes)} | {human(r.peak_rss_bytes)} | "
+              f"{human(r.budget_bytes) if r.budget_bytes else '–'} | {'–' if g is None else f'{g:+.1%}'} | "
+              f"{fmt(acc['overall'])} | {fmt(acc['backward_in_cache'])} ({r.counts['backward_in_cache']}) | "
+              f"{fmt(acc['backward_evicted'])} ({r.counts['backward_evicted']}) | "
+              f"{r.store.get('evicted_blocks', 0)} | {r.store.get('retrieved_blocks', 0)} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in reports], f, indent=2)
+    return 0
