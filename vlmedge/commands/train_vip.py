@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--accum", type=int, default=4, help="samples per optimiser step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder to write glimpse/ into (default: the model folder)")
+    p.add_argument("--init", help="start from these trained modules (a glimpse/ folder or the model folder holding "
+                                  "one), e.g. after the model was trained further")
     p.set_defaults(func=run)
 
 
@@ -32,8 +34,11 @@ def run(args) -> int:
     out = args.out or getattr(adapter, "model_dir", None)
     if not out:
         raise InputError("a tiny model has no folder; pass --out DIR for the trained modules")
-    mods = GlimpseModules.for_adapter(adapter, seed=args.seed)
+    mods = GlimpseModules.load(args.init, adapter) if args.init else GlimpseModules.for_adapter(adapter, seed=args.seed)
+    previous = dict(mods.cfg.trained)
     info = train_vip(adapter, mods, VIPTrainConfig(minutes=args.minutes, lr=args.lr, accum=args.accum, seed=args.seed))
+    if previous:
+        info["continued_from"] = previous
     mods.cfg.trained = info
     path = mods.save(out)
     print(f"trained GlimpsePrune modules for {name}: {info['steps']} steps in {info['minutes']:.1f} min; "
