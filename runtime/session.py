@@ -65,8 +65,9 @@ class StreamingSession(WindowedStream, RequeryStream):
             self.plan = (memory_budget if isinstance(memory_budget, MemoryPlan)  # a plan made earlier
                          else plan_for(adapter, self.method, parse_bytes(memory_budget)))
             # a question's extra tokens come out of the budget too: re-selected frames, retrieved blocks
+            # and so does the offload store: on a Jetson host and device memory are the same memory
             reserve = (self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0) + (
-                int(retrieve_tokens) if eviction == "offload" else 0)
+                int(retrieve_tokens) + int(offload_tokens) if eviction == "offload" else 0)
             max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
             if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
                 raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "

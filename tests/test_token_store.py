@@ -173,3 +173,16 @@ def test_offload_needs_sizes(tiny_adapters):
         StreamingSession(tiny_adapters["llava_onevision"], "none", max_stream_tokens=100, eviction="offload")
     with pytest.raises(InputError, match="bounded stream"):
         StreamingSession(tiny_adapters["llava_onevision"], "none", eviction="offload")
+
+
+def test_the_offload_store_comes_out_of_the_budget(tiny_adapters):
+    from vlmedge.runtime.planner import plan_memory
+
+    a = tiny_adapters["llava_onevision"]
+    plan = plan_memory(2**22, 500_000, 100_000, 512, 5, 10)
+    s = StreamingSession(a, "uniform:ratio=0.25", memory_budget=plan, eviction="offload", offload_tokens=300,
+                         retrieve_tokens=40)
+    assert s.store.capacity_tokens == plan.capacity_tokens - plan.question_tokens - 300 - 40
+    for i, f in enumerate(make_frames(40, h=8, w=8, seed=8)):
+        s.push_frame(f, time_s=float(i))
+    assert s.memory()["total"] <= plan.budget_bytes
