@@ -34,6 +34,7 @@ from torch import nn
 
 from vlmedge.errors import VlmedgeError
 from vlmedge.export.manifest import StageSpec, TensorSpec
+from vlmedge.models.base import kv_shape as config_kv_shape
 
 # ----- the job every stage sees -----
 
@@ -459,11 +460,7 @@ class LLMGraph(nn.Module):
 
 
 def kv_shape(adapter) -> tuple[int, int, int]:
-    cfg = adapter.text_config
-    heads = int(cfg.num_attention_heads)
-    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    return int(cfg.num_hidden_layers), kv, hd
+    return config_kv_shape(adapter.text_config)
 
 
 def llm_io_names(n_layers: int) -> tuple[list[str], list[str]]:

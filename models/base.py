@@ -278,3 +278,11 @@ class Adapter:
         if last_only:
             hidden = hidden[-1:]
         return self.lm_head()(hidden).float()
+
+
+def kv_shape(text_config) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a decoder config: what one token's KV-cache entry is made of."""
+    heads = int(text_config.num_attention_heads)
+    kv = int(getattr(text_config, "num_key_value_heads", None) or heads)
+    hd = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // heads)
+    return int(text_config.num_hidden_layers), kv, hd

@@ -26,12 +26,10 @@ def cut_to(cache, length: int) -> None:
 def restore_tail(cache, start: int, tail) -> None:
     """Cuts the cache back to `start` entries and appends `tail` (from `take_tail(cache, start)`) after them."""
     cut_to(cache, start)
-    if hasattr(cache, "extend"):
+    if hasattr(cache, "extend"):  # ONNX Runtime backend
         cache.extend(tail)
-        return
-    for layer, (k, v) in zip(cache.layers, tail):
-        layer.keys = torch.cat([layer.keys, k], dim=2)
-        layer.values = torch.cat([layer.values, v], dim=2)
+    else:
+        append_kv(cache, tail)
 
 
 def cut_layers_to(cache, length: int) -> None:

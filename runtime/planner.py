@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from vlmedge.errors import InputError
 from vlmedge.jetson.profiles import kv_bytes_per_token
+from vlmedge.models.base import kv_shape
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB, "g": GiB,
@@ -97,13 +98,6 @@ def plan_memory(budget_bytes: int, weights_bytes: int, workspace_bytes: int, kv_
                       kv_bytes_per_token=int(kv_bytes_per_token), capacity_tokens=int(capacity),
                       prompt_tokens=int(prompt_tokens), question_tokens=int(question_tokens),
                       tokens_per_frame=int(tokens_per_frame), frames=int(frames), min_budget_bytes=int(minimum))
-
-
-def kv_shape(text_config) -> tuple[int, int, int]:
-    heads = int(text_config.num_attention_heads)
-    kv = int(getattr(text_config, "num_key_value_heads", None) or heads)
-    hd = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // heads)
-    return int(text_config.num_hidden_layers), kv, hd
 
 
 def weights_bytes(adapter) -> int:

@@ -80,6 +80,7 @@ class StreamingSession(WindowedStream, RequeryStream):
         self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
                                  int(retrieve_tokens)) if max_stream_tokens is not None else None)
         self._reported = (0, 0)  # store counters at the last question
+        self._weights_bytes: int | None = None
         if self.query_conditioned and self.window_s is not None:
             raise InputError(f"method {self.method.name!r} is both query-conditioned and windowed; not supported")
         if self.window_s is not None and not self.window_s > 0:
@@ -276,7 +277,9 @@ class StreamingSession(WindowedStream, RequeryStream):
                                + [self.method_state])
         if self.store is not None:
             buffers += tensor_bytes([b.kv for b in self.store.host])  # the offload store (host memory)
-        out = {"weights": weights_bytes(self.adapter), "workspace": self.plan.workspace_bytes if self.plan else 0,
+        if self._weights_bytes is None:  # counted once: memory() runs per frame in a soak
+            self._weights_bytes = weights_bytes(self.adapter)
+        out = {"weights": self._weights_bytes, "workspace": self.plan.workspace_bytes if self.plan else 0,
                "kv": kv_bytes(self.cache), "buffers": buffers}
         out["total"] = sum(out.values())
         if self.plan is not None:

@@ -72,7 +72,6 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
     hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": []}
     samples, peak_tracked, peak_rss = [], 0, 0
     t_wall, offset, done, seed, next_sample = time.perf_counter(), 0.0, 0, seed_start, 0.0
-    cache_since: float | None = None
     while done < frames:
         clip = camworld.generate(seed, split="eval")
         seed += 1

@@ -49,9 +49,6 @@ class Glimpse(Compressor):
         check(isinstance(self.min_keep, int) and self.min_keep >= 1, f"min_keep must be >= 1, got {self.min_keep!r}")
         self._loaded: dict[int, tuple] = {}  # per adapter: (LayerRunner, GlimpseModules); read-only weights
 
-    def settings(self) -> dict:
-        return {k: v for k, v in super().settings().items() if not k.startswith("_")}
-
     def modules(self, adapter):
         """(LayerRunner, GlimpseModules) for `adapter`, loaded once and shared by every stream (read-only)."""
         key = id(adapter)
