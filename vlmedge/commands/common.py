@@ -12,19 +12,18 @@ def add_model_args(p, default_family: str = "llava_onevision") -> None:
                                                             "(default: %(default)s)")
 
 
+def model_spec(args) -> tuple[str, str]:
+    """(model string for `vlmedge.runtime.model_source`, backend) for the options of `add_model_args`."""
+    if args.engine:
+        return args.engine, "onnxruntime"
+    if args.tiny:
+        return f"tiny:{args.family}", "torch"
+    return args.model or f"reference:{args.family}", "torch"
+
+
 def load_model(args, words=()):
     """(adapter-like object, description) for the options of `add_model_args`."""
-    from vlmedge.models import from_pretrained, tiny
-    from vlmedge.models.reference_models import reference_dir
+    from vlmedge.runtime.model_source import open_model
 
-    if args.engine:
-        from vlmedge.runtime.backends import load_backend
-
-        return load_backend(args.engine), f"export {args.engine} (ONNX Runtime)"
-    if args.tiny:
-        from vlmedge.models.tokenizer import BASE_WORDS
-
-        return (tiny(args.family, seed=0, words=list(BASE_WORDS) + list(words)),
-                f"tiny random {args.family} (answers are noise)")
-    path = args.model or reference_dir(args.family)
-    return from_pretrained(path), f"model {path} (PyTorch)"
+    spec, backend = model_spec(args)
+    return open_model(spec, backend, words=words)
