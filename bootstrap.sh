@@ -38,6 +38,7 @@ APT_PACKAGES=(
     gstreamer1.0-plugins-base
     gstreamer1.0-plugins-good
     gstreamer1.0-x  # pango: textoverlay draws answers over the video
+    gstreamer1.0-libav  # H.264 and AAC: camera recordings, RTSP streams
     python3-gst-1.0
     gstreamer1.0-python3-plugin-loader
     gir1.2-gst-plugins-base-1.0

@@ -451,3 +451,24 @@ class TegrastatsReader:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def summarize(samples: list[TegraSample]) -> dict:
+    """Peaks and means over a run (what `vlmedge run --stats` prints): RAM/SWAP peak, GPU/CPU load, power, the
+    hottest sensor. Fields a module's lines lack stay None."""
+    def values(key):
+        return [v for v in (s.metrics()[key] for s in samples) if v is not None]
+
+    def peak(key):
+        v = values(key)
+        return max(v) if v else None
+
+    def mean(key):
+        v = values(key)
+        return round(sum(v) / len(v), 1) if v else None
+
+    return {"samples": len(samples), "ram_used_mb_peak": peak("ram_used_mb"),
+            "ram_total_mb": peak("ram_total_mb"), "swap_used_mb_peak": peak("swap_used_mb"),
+            "gpu_load_pct_mean": mean("gpu_load_pct"), "gpu_load_pct_peak": peak("gpu_load_pct"),
+            "cpu_load_pct_mean": mean("cpu_load_pct"), "emc_load_pct_mean": mean("emc_load_pct"),
+            "power_mw_mean": mean("power_mw"), "power_mw_peak": peak("power_mw"), "temp_max_c": peak("temp_max_c")}

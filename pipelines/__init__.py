@@ -15,13 +15,11 @@ def plugin_dir() -> Path:
 
 def register() -> bool:
     """Initialises GStreamer if needed and registers the `vlmedge` element in this process."""
-    import gi
-
-    gi.require_version("Gst", "1.0")
-    from gi.repository import Gst
+    from .gst import Gst, quiet_floating_warning
 
     if not Gst.is_initialized():
         Gst.init(None)
+    quiet_floating_warning()
     from .element import register as _register
 
     return _register()

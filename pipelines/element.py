@@ -23,15 +23,11 @@ import json
 import logging
 import threading
 
-import gi
 import numpy as np
 
-gi.require_version("Gst", "1.0")
-gi.require_version("GstVideo", "1.0")
-from gi.repository import GLib, GObject, Gst, GstVideo  # noqa: E402
-
-from .element_props import PROPERTIES, READ_ONLY_STATS, RESTART_PROPS  # noqa: E402
-from .text_pad import TEXT_CAPS, TextFeeder  # noqa: E402
+from .element_props import PROPERTIES, READ_ONLY_STATS, RESTART_PROPS
+from .gst import GLib, GObject, Gst, GstVideo
+from .text_pad import TEXT_CAPS, TextFeeder
 
 log = logging.getLogger("vlmedge.pipelines")
 
@@ -159,7 +155,7 @@ class VlmEdge(Gst.Element):
                 self._load()
                 self._start_stream()
         except Exception as err:  # the reason goes on the bus; the state change fails cleanly
-            self._post_error(f"vlmedge could not start: {err}", err)
+            self._post_error(f"could not start: {err}", err)
             return Gst.StateChangeReturn.FAILURE
         ret = Gst.Element.do_change_state(self, transition)
         if transition == Gst.StateChange.PAUSED_TO_READY:
@@ -236,13 +232,13 @@ class VlmEdge(Gst.Element):
 
     def _on_error(self, msg: str) -> None:
         self._failed = True
-        self._post_error(f"vlmedge inference failed: {msg.splitlines()[0]}", None, debug=msg)
+        self._post_error(f"inference failed: {msg.splitlines()[0]}", None, debug=msg)
 
     def _post_error(self, text: str, err, debug: str | None = None) -> None:
         gerr = GLib.Error.new_literal(Gst.stream_error_quark() if err is None else Gst.resource_error_quark(), text,
                                       int(Gst.StreamError.FAILED if err is None else Gst.ResourceError.SETTINGS))
         self.post_message(Gst.Message.new_error(self, gerr, debug or text))
-        log.error("%s", text)
+        log.error("%s", debug or text)
 
     # ----- video -----
     def stream_time(self, pts) -> float | None:
@@ -333,12 +329,14 @@ class VlmEdge(Gst.Element):
             self._next_sample = None
             if self.text is not None:
                 self.text.segment(self._segment)
-        elif t == Gst.EventType.FLUSH_START:
+        elif t == Gst.EventType.FLUSH_START:  # unblock: a chain call may still be running
             if self.worker is not None:
-                self.worker.flush()
+                self.worker.discard_frames()
             if self.text is not None:
                 self.text.flush_start()
-        elif t == Gst.EventType.FLUSH_STOP:
+        elif t == Gst.EventType.FLUSH_STOP:  # no chain call from before the seek is left: start a new stream
+            if self.worker is not None:
+                self.worker.flush()
             self._next_sample = None
             if self.text is not None:
                 self.text.flush_stop()

@@ -4,7 +4,7 @@ One table so the element, `vlmedge run` and the docs agree on names, defaults an
 """
 from __future__ import annotations
 
-from gi.repository import GObject
+from .gst import GObject
 
 RW = GObject.ParamFlags.READWRITE
 RO = GObject.ParamFlags.READABLE

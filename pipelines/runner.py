@@ -12,14 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import gi
+from vlmedge.errors import VlmedgeError
 
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst  # noqa: E402
-
-from vlmedge.errors import VlmedgeError  # noqa: E402
-
-from . import register  # noqa: E402
+from . import register
+from .gst import Gst
 
 
 class PipelineError(VlmedgeError):
@@ -34,6 +30,7 @@ class RunResult:
     warnings: list = field(default_factory=list)
     wall_s: float = 0.0
     eos: bool = False
+    error_debug: str | None = None  # the error message's debug text (a traceback for inference errors)
 
 
 class PipelineRunner:
@@ -130,8 +127,8 @@ class PipelineRunner:
             return True
         if t == Gst.MessageType.ERROR:
             err, debug = msg.parse_error()
-            raise PipelineError(f"{msg.src.get_name()}: {err.message}" + (f" ({debug.splitlines()[-1]})"
-                                                                          if debug and debug != err.message else ""))
+            self.result.error_debug = debug
+            raise PipelineError(f"{msg.src.get_name()}: {err.message}")
         if t == Gst.MessageType.WARNING:
             err, _ = msg.parse_warning()
             self.result.warnings.append(err.message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from gi.repository import Gst
+from .gst import Gst
 
 TEXT_CAPS = "text/x-raw, format=(string)utf8"
 

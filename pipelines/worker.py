@@ -84,6 +84,7 @@ class InferenceWorker:
         self._busy = False
         self._stop = False
         self._reset_pending = False
+        self._generation = 0  # bumped by flush(): a frame submitted before it never enters the new stream
         self._audio_active = False  # audio buffers are arriving (an omni model with its audio pad linked)
         self._audio_eos = False
         self._origin: float | None = None  # stream time of the stream's first processed frame
@@ -100,6 +101,7 @@ class InferenceWorker:
         with self._cv:
             if self.error or self._stop:
                 return False
+            generation = self._generation
             self.stats.frames_submitted += 1
             waiting = next((it for it in self._queue if it.kind == "frame"), None)
             if waiting is not None and self.drop_frames:
@@ -109,8 +111,8 @@ class InferenceWorker:
             while (not self.drop_frames and not (self.error or self._stop)
                    and any(it.kind == "frame" for it in self._queue)):
                 self._cv.wait(0.5)
-            if self.error or self._stop:
-                return False
+            if self.error or self._stop or generation != self._generation:
+                return False  # failed, stopped, or a flush came while this frame waited: it is from before the seek
             self._queue.append(_Item("frame", frame, time_s))
             self._cv.notify_all()
             return True
@@ -137,15 +139,22 @@ class InferenceWorker:
             self._queue.append(_Item("ask", question, source=source))
             self._cv.notify_all()
 
-    def flush(self) -> None:
-        """A flushing seek: queued frames and buffered audio go; the next frame starts a new stream."""
+    def discard_frames(self) -> None:
+        """Queued frames go, and a frame waiting to be queued is refused (a flush has started)."""
         with self._cv:
             self._queue = deque(it for it in self._queue if it.kind != "frame")
+            self._generation += 1
+            self._cv.notify_all()
+
+    def flush(self) -> None:
+        """After a flushing seek: queued frames and buffered audio go; the next frame starts a new stream.
+        Call it when no producer can still hold a frame from before the seek (GStreamer: at FLUSH_STOP)."""
+        with self._cv:
+            self.discard_frames()
             self._reset_pending = True
             self._audio_active = self._audio_eos = False
             if self.audio is not None:
                 self.audio.reset()
-            self._cv.notify_all()
 
     def finish(self, timeout: float | None = None) -> bool:
         """End of stream: waits until everything queued is processed, then feeds the remaining audio, answers

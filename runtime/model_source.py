@@ -71,6 +71,9 @@ def family_of(spec: str) -> str:
     kind, _, family = spec.partition(":")
     if kind in ("reference", "tiny") and not os.path.isdir(spec):
         return family or DEFAULT_FAMILY
+    if not os.path.isdir(spec):
+        raise ModelFileError(f"model {spec!r} does not exist" + (" as a directory" if os.path.exists(spec) else "")
+                             + f"; give {describe_spec()}")
     for name, read in (("manifest.json", lambda d: d["model"]["family"]),
                        ("config.json", lambda d: _family_for(d.get("model_type", "")))):
         path = os.path.join(spec, name)

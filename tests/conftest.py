@@ -4,6 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+# onnx and onnxruntime load before any test loads GStreamer, or their C++ exceptions abort the process
+# (see pipelines/gst.py)
+import onnx  # noqa: E402,F401
+import onnxruntime  # noqa: E402,F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -11,8 +11,7 @@ import pytest
 
 gi = pytest.importorskip("gi")
 try:
-    gi.require_version("Gst", "1.0")
-    from gi.repository import Gst  # noqa: F401
+    from vlmedge.pipelines.gst import Gst  # noqa: F401  (onnx/onnxruntime before Gst: see pipelines/gst.py)
 except (ValueError, ImportError):
     pytest.skip("GStreamer's Python bindings are not installed", allow_module_level=True)
 
@@ -116,3 +115,24 @@ def test_demo_plays_camworld_through_the_pipeline_with_frame_lines(capsys, monke
     assert out.count("] Q: ") == len(stream.questions)
     assert "frame  time s  tokens  kept" in out and "camworld answers correct" in out
     assert f"frames in / out                        {len(stream.frames)} / {len(stream.frames)}" in out
+
+
+def test_stats_include_tegrastats_on_a_jetson(tmp_path, capsys, monkeypatch):
+    """On a Jetson, --stats summarises tegrastats over the run (a recorded Orin NX log stands in for the tool)."""
+    lines = ROOT / "tests" / "fixtures" / "jetson" / "tegrastats" / "orin-nx-16gb-r36.3.0.txt"
+    fake = tmp_path / "tegrastats"
+    fake.write_text(f"#!/bin/sh\nwhile read -r line; do echo \"$line\"; sleep 0.05; done < '{lines}'\nexec sleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["run", "--tiny", "--source", "test", "--num-buffers", "10", "--method", "none", "--json"]) == 0
+    st = _json_lines(capsys.readouterr().out)[-1]
+    from vlmedge.jetson.tegrastats import read_file, summarize
+
+    recorded = summarize(read_file(lines))
+    tg = st["tegrastats"]
+    assert 1 <= tg["samples"] <= recorded["samples"]
+    assert tg["ram_total_mb"] == recorded["ram_total_mb"] and tg["ram_used_mb_peak"] <= recorded["ram_used_mb_peak"]
+    assert tg["power_mw_mean"] is not None and tg["temp_max_c"] is not None
+    assert main(["run", "--tiny", "--source", "test", "--num-buffers", "10", "--method", "none", "--stats"]) == 0
+    assert "board RAM peak / total MB (tegrastats)" in capsys.readouterr().out

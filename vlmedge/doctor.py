@@ -223,6 +223,9 @@ GST_APT_HINT = ("sudo apt-get install python3-gst-1.0 gir1.2-gst-plugins-base-1.
 def check_gstreamer() -> Check:
     """GStreamer from Python: PyGObject's gi, the Gst typelib and Debian's Gst overrides."""
     try:
+        from vlmedge.pipelines.gst import preload_extensions  # before Gst: see pipelines/gst.py
+
+        preload_extensions()
         import gi
 
         gi.require_version("Gst", "1.0")

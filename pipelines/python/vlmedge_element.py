@@ -29,6 +29,8 @@ except ImportError:
     _add_environment()
 
 from vlmedge.pipelines.element import VlmEdge  # noqa: E402
-from gi.repository import Gst  # noqa: E402
+from vlmedge.pipelines.gst import Gst, quiet_floating_warning  # noqa: E402
+
+quiet_floating_warning()
 
 __gstelementfactory__ = ("vlmedge", Gst.Rank.NONE, VlmEdge)

@@ -15,7 +15,8 @@ def register(sub) -> None:
                                    "prints tokens kept and timings per frame and each question's answer next to "
                                    "the ground truth, then throughput and latency.")
     add_model_args(p)
-    p.add_argument("--method", default="stc", help="compression method spec (default: %(default)s)")
+    p.add_argument("--method", help="compression method spec (default: stc; with --engine the method it was "
+                                     "exported for)")
     p.add_argument("--seed", type=int, default=1_000_000, help="camworld evaluation seed (>= 1000000)")
     p.set_defaults(func=run)
 

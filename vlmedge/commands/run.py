@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import tempfile
@@ -22,7 +23,8 @@ def register(sub) -> None:
                    help="media file, URI (rtsp://, http(s)://, file://), V4L2 device (/dev/video0), "
                         "test[:PATTERN] (videotestsrc) or camworld:SEED (a synthetic clip with its questions) "
                         "(default: %(default)s)")
-    p.add_argument("--method", default="stc", help="compression method spec (default: %(default)s)")
+    p.add_argument("--method", help="compression method spec (default: stc; with --engine the method it was "
+                                     "exported for)")
     p.add_argument("--sample-fps", type=float, default=2.0, help="frames per second given to the model (default: 2)")
     p.add_argument("--memory-budget", default="", help="memory budget, e.g. 512MiB (default: unbounded)")
     p.add_argument("--prompt", default="", help="standing question, answered every --prompt-interval seconds")
@@ -87,9 +89,10 @@ def _source_has_audio(source: str) -> bool:
         return source_kind(source) == "test"
     import gi
 
-    gi.require_version("Gst", "1.0")
+    from vlmedge.pipelines.gst import Gst
+
     gi.require_version("GstPbutils", "1.0")
-    from gi.repository import Gst, GstPbutils
+    from gi.repository import GstPbutils
 
     if not Gst.is_initialized():
         Gst.init(None)
@@ -106,6 +109,16 @@ def run(args) -> int:
     from vlmedge.pipelines.builder import describe, shell_line
     from vlmedge.runtime.model_source import has_audio
 
+    from vlmedge.compression import get_method
+    from vlmedge.runtime.model_source import family_of
+
+    family_of(model_spec(args)[0])  # a bad model or method is a one-line error here, before any pipeline exists
+    if args.method is None:
+        args.method = _exported_method(args.engine) if args.engine else "stc"
+    get_method(args.method)
+    # the element also logs answers and errors; here they are printed, so the log stays out of the terminal
+    logging.getLogger("vlmedge.pipelines").addHandler(logging.NullHandler())
+    logging.getLogger("vlmedge.pipelines").propagate = bool(getattr(args, "debug", False))
     out = _Printer(args)
     with tempfile.TemporaryDirectory(prefix="vlmedge-run-") as tmp:
         source, stream = args.source, None
@@ -132,13 +145,34 @@ def run(args) -> int:
             runner.ask_at_end(text)
         _read_stdin(runner)
         previous = signal.signal(signal.SIGINT, lambda *_: runner.stop())
+        board = _tegrastats() if (args.stats or args.json) else None
         try:
             out.start(spec, source)
             result = runner.run(duration_s=args.duration)
         finally:
             signal.signal(signal.SIGINT, previous)
+            if board is not None:
+                board.stop()
+        if board is not None:
+            from vlmedge.jetson.tegrastats import summarize
+
+            result.stats["tegrastats"] = summarize(board.samples)
         out.finish(result)
     return 0
+
+
+def _tegrastats():
+    """A running tegrastats reader on a Jetson (board memory, GPU load, power during the run), else None."""
+    from vlmedge.jetson.tegrastats import TegrastatsReader
+
+    reader = TegrastatsReader(interval_ms=500, keep=1_000_000)
+    return reader.start() if reader.available() else None
+
+
+def _exported_method(export_dir: str) -> str:
+    from vlmedge.export.manifest import Manifest
+
+    return Manifest.load(export_dir, verify=False).method.spec
 
 
 def _read_stdin(runner) -> None:
@@ -220,6 +254,14 @@ class _Printer:
                     ("answers", str(st.get("answers", 0))), ("wall s", f"{st['wall_s']:.2f}")]
             if self.graded:
                 rows.append(("camworld answers correct", st["camworld_correct"]))
+            tg = st.get("tegrastats")
+            if tg and tg["samples"]:
+                watts = "?" if tg["power_mw_mean"] is None else f"{tg['power_mw_mean'] / 1000:.1f}"
+                rows += [("board RAM peak / total MB (tegrastats)", f"{tg['ram_used_mb_peak']} / {tg['ram_total_mb']}"),
+                         ("GPU load % (mean / peak)", f"{tg['gpu_load_pct_mean']} / {tg['gpu_load_pct_peak']}"),
+                         ("power W (mean), hottest sensor C", f"{watts}, {tg['temp_max_c']}")]
+            elif tg is None:
+                rows.append(("board (tegrastats)", "not a Jetson"))
             for k, v in rows:
                 print(f"  {k:<38} {v}")
         elif self.graded:
