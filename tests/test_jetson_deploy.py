@@ -78,10 +78,7 @@ def _stand_in(pipeline: str) -> str:
 
 def _gst():
     try:
-        import gi
-
-        gi.require_version("Gst", "1.0")
-        from gi.repository import Gst
+        from vlmedge.pipelines.gst import Gst  # onnx/onnxruntime before Gst: see pipelines/gst.py
 
         Gst.init(None)
         return Gst
@@ -265,3 +262,18 @@ def test_dockerfile_hadolint():
     proc = subprocess.run([tool, "--no-color", "--failure-threshold", "warning", str(DEPLOY / "Dockerfile")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_camera_pipeline_runs_into_the_real_vlmedge_element():
+    """The service's pipeline shape (camera front end + `vlmedge_sink`) with the element itself: the property
+    names the Jetson files use are the element's, and the RGBA camera output reaches the model."""
+    _gst()
+    from vlmedge.pipelines.runner import PipelineRunner
+
+    sink = camera.vlmedge_sink("tiny:llava_onevision", memory_budget=512 * 2 ** 20, sample_fps=30,
+                               extra="name=vlmedge max-new-tokens=2")
+    runner = PipelineRunner(_stand_in(camera.build_pipeline("csi", sink=sink)))
+    runner.ask_at_end("what is it ?")
+    result = runner.run(timeout_s=120)
+    assert result.eos and result.stats["frames-in"] == result.stats["frames-out"] == 3
+    assert result.stats["frames-processed"] >= 1 and len(result.answers) == 1
