@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import datetime
 import json
 import os
@@ -115,6 +116,8 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     from vlmedge.compression.base import Compressor
 
     method = get_method(method)
+    for module in getattr(method, "export_modules", ()):  # stages a method brings register on import
+        importlib.import_module(module)
     precision, memory_plan = target_plan(adapter, target, precision, method)
     if memory_plan and max_frames is None:
         max_frames = memory_plan["max_frames"]
@@ -122,7 +125,8 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
                     exporter=exporter, check=check, log=log)
     stages = plan(job)
-    if type(method).encode_frame is not Compressor.encode_frame and not any(s.handles_vision for s in stages):
+    if (type(method).encode_frame is not Compressor.encode_frame and not getattr(method, "plain_vision", False)
+            and not any(s.handles_vision for s in stages)):
         raise ExportError(f"method {method.name!r} changes how the vision tower runs and no export stage for it is "
                           f"registered yet; exportable methods run the plain vision stage (none, uniform, random)")
     keep = prepare_out_dir(out_dir, force)

@@ -360,9 +360,13 @@ register_vision_embed("qwen2_5_omni")(_qwen_embed)
 
 
 class VisionGraph(nn.Module):
-    """pixels `[1, 3, H, W]` float32 → features, trailer, taps (float32), for the adapter's fixed frame size."""
+    """pixels `[1, 3, H, W]` float32 → features, trailer, taps (float32), for the adapter's fixed frame size.
 
-    def __init__(self, adapter, taps=()):
+    With `refs`, also every block's internals as STC's cacher keeps them (compression/stc/cacher.py
+    `LayerRef`), stacked over blocks in the tower's dtype: `ref_k`, `ref_v` (projected keys/values),
+    `ref_attn` (attention output after its projection) and `ref_mlp` (MLP output), each `[blocks, T, C]`."""
+
+    def __init__(self, adapter, taps=(), refs: bool = False):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model  # registers the weights
@@ -374,23 +378,33 @@ class VisionGraph(nn.Module):
         self.parts = [adapter.vision_layer_parts(i, self.ctx) for i in range(n)]
         self.taps = list(taps)
         self.tap_blocks = [adapter.block_index(t) for t in self.taps]
+        self.refs = refs
         maker = _VISION_EMBED.get(adapter.family)
         self.embed = maker(adapter, self.ctx) if maker else (lambda px: adapter.vision_embed(px)[0])
 
     def forward(self, pixels):
         a = self.adapter
         hidden = self.embed(pixels.to(a.dtype))
-        got = {}
+        got, kept = {}, []
         for i, p in enumerate(self.parts):
             h = a.vision_tokens(hidden)
             x = p.norm1(h)
             rows = torch.arange(h.shape[0])
-            h1 = h + p.attend(rows, p.q(x), p.k(x), p.v(x))
-            hidden = a.vision_hidden(h1 + p.mlp(p.norm2(h1)), hidden)
+            k, v = p.k(x), p.v(x)
+            attn = p.attend(rows, p.q(x), k, v)
+            h1 = h + attn
+            mlp = p.mlp(p.norm2(h1))
+            hidden = a.vision_hidden(h1 + mlp, hidden)
+            if self.refs:
+                kept.append((k, v, attn, mlp))
             if i in self.tap_blocks:
                 got[i] = a.tap_to_raster(hidden, self.ctx)
         out = a.vision_project(hidden, self.ctx)
-        return (out.features.float(), out.trailer.float(), *[got[b].float() for b in self.tap_blocks])
+        refs = [torch.stack([r[j] for r in kept]) for j in range(4)] if self.refs else []
+        return (out.features.float(), out.trailer.float(), *[got[b].float() for b in self.tap_blocks], *refs)
+
+
+REF_NAMES = ["ref_k", "ref_v", "ref_attn", "ref_mlp"]  # per-block internals, see VisionGraph
 
 
 @register_stage
@@ -402,11 +416,12 @@ class VisionStage(StageExporter):
     def export(self, job):
         a = job.adapter
         taps = list(getattr(job.method, "taps", ()) or ())
-        graph = VisionGraph(a, taps).eval()
+        refs = bool(getattr(job.method, "vision_refs", False))
+        graph = VisionGraph(a, taps, refs).eval()
         h, w = a.frame_size
         pixels = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
         tap_names = [f"tap_{t}" for t in taps]
-        outs = ["features", "trailer", *tap_names]
+        outs = ["features", "trailer", *tap_names, *(REF_NAMES if refs else [])]
         exporter = export_onnx(job, self.name, graph, (pixels,), self.file, ["pixels"], outs, {})
         with torch.no_grad(), sdpa_as_4d():
             ref = graph(pixels)
@@ -419,6 +434,8 @@ class VisionStage(StageExporter):
             "tokens_per_frame": eager.num_tokens,
             "trailer_tokens": int(eager.trailer.shape[0]),
             "taps": taps,
+            "refs": refs,
+            "vision_blocks": len(graph.parts),
             "fixed_resolution": True,
             "resolution_note": ("window index, windows and rotary tables are computed for this grid at export"
                                 if a.family in _VISION_EMBED else "the position embedding table is fixed-size"),
@@ -510,5 +527,5 @@ class LLMStage(StageExporter):
 
 
 __all__ = ["ExportJob", "ExportError", "StageExporter", "register_stage", "registered_stages", "plan",
-           "register_vision_embed", "export_onnx", "check_graph", "graph_io", "VisionGraph", "LLMGraph",
+           "register_vision_embed", "export_onnx", "check_graph", "graph_io", "VisionGraph", "LLMGraph", "REF_NAMES",
            "kv_shape", "llm_io_names", "sdpa_as_4d"]

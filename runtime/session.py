@@ -51,7 +51,8 @@ class StreamingSession(WindowedStream, RequeryStream):
         self.requery_frames = requery_frames
         self.adapter = adapter
         self.method = get_method(method)
-        if not hasattr(adapter, "vision_embed") and _runs_own_vision(self.method):
+        if not hasattr(adapter, "vision_embed") and _runs_own_vision(self.method) and not (
+                hasattr(self.method, "runs_on") and self.method.runs_on(adapter)):
             raise InputError(f"method {self.method.name!r} runs the vision tower its own way and this backend has no "
                              f"stage for it (exported for {getattr(adapter, 'method_spec', '?')!r}); use the export's "
                              "method or the PyTorch model")

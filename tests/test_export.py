@@ -27,11 +27,12 @@ QUESTION = "what color is the square ?"
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def exported(request, tiny_adapters, tmp_path_factory):
-    """(family, torch adapter, export dir, ORT backend): one dynamo export per family for the module."""
+    """(family, torch adapter, export dir, ORT backend): one dynamo export per family for the module, made for
+    STC (its vision graph is the plain one plus the blocks' internals, so every plain method runs on it too)."""
     family = request.param
     adapter = tiny_adapters[family]
     out = str(tmp_path_factory.mktemp(f"export_{family}"))
-    export_model(adapter, out, "none", source=f"tiny:{family}:seed=0", log=lambda m: None)
+    export_model(adapter, out, "stc", source=f"tiny:{family}:seed=0", log=lambda m: None)
     return family, adapter, out, load_backend(out, threads=1)
 
 
@@ -43,8 +44,8 @@ def _rel(a, b):
 def test_manifest_records_stages_and_runtime(exported):
     family, adapter, out, backend = exported
     m = backend.manifest
-    assert m.model.family == family and m.method.spec == "none"
-    assert list(m.stages) == ["embed", "vision", "llm"]
+    assert m.model.family == family and m.method.name == "stc" and m.method.spec.startswith("stc:")
+    assert list(m.stages) == ["embed", "vision", "vision_stc_select", "llm"]
     assert {m.stages["vision"].exporter, m.stages["llm"].exporter} == {"dynamo"}  # the preferred exporter works
     llm = m.stages["llm"]
     assert [t.name for t in llm.inputs[:3]] == ["inputs_embeds", "position_ids", "logits_positions"]
@@ -104,6 +105,50 @@ def test_stream_logits_and_answer_match_torch(exported, method):
     assert tokens[0] == tokens[1]
     assert got.token_ids == ref.token_ids and got.text == ref.text and got.stopped_by == ref.stopped_by
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(ref.logits), atol=LOGITS_ATOL, rtol=1e-4)
+
+
+def test_stc_cacher_and_pruner_match_torch_frame_by_frame(exported):
+    """Refresh frames run the vision graph (with the blocks' internals out), selective frames the
+    vision_stc_select graph fed the stream's references: tokens and kept indices equal torch's."""
+    from vlmedge.compression import FrameContext, get_method
+
+    family, adapter, out, backend = exported
+    stc = get_method("stc:tokens=6")
+    st_t, st_o = stc.new_state(), stc.new_state()
+    for i, frame in enumerate(make_frames(5, seed=11)):
+        ref, got = stc.encode_frame(adapter, frame, st_t), stc.encode_frame(backend, frame, st_o)
+        assert st_o.last_refresh == st_t.last_refresh == (i % 2 == 0)  # refresh, selective, refresh, ...
+        assert _rel(got.features, ref.features) <= VISION_RTOL, f"frame {i}"
+        ctx = FrameContext(frame_index=i, time_s=float(i))
+        keep_t, keep_o = stc.compress(ref, ctx, st_t).keep, stc.compress(got, ctx, st_o).keep
+        assert keep_o.tolist() == keep_t.tolist(), f"frame {i}"
+    assert (st_o.refreshes, st_o.selective) == (3, 2)
+    spec = backend.manifest.stage("vision_stc_select")
+    n_tokens = spec.attrs["vision_tokens"]
+    assert spec.attrs["dynamic_tokens"] == max(1, int(n_tokens * 0.25)) and spec.attrs["check"]["max_rel_err"] < 1e-4
+    assert spec.input("ref_k").shape[:2] == [spec.attrs["vision_blocks"], n_tokens]
+
+
+def test_stc_stream_logits_and_answer_match_torch(exported):
+    family, adapter, out, backend = exported
+    answers = []
+    for ad in (adapter, backend):
+        session = StreamingSession(ad, "stc:tokens=6", keep_logits=True)
+        for i, f in enumerate(make_frames(4, seed=3)):
+            session.push_frame(f, time_s=float(i))
+        answers.append(session.ask(QUESTION, max_new_tokens=4))
+    ref, got = answers
+    assert got.token_ids == ref.token_ids and got.stream_tokens == ref.stream_tokens
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(ref.logits), atol=LOGITS_ATOL, rtol=1e-4)
+
+
+def test_stc_settings_the_export_cannot_serve_are_refused(exported):
+    family, adapter, out, backend = exported
+    session = StreamingSession(backend, "stc:ratio=0.5")
+    with pytest.raises(InputError, match="stc:ratio=0.25"):
+        session.push_frame(make_frames(1)[0], time_s=0.0)
+    session = StreamingSession(backend, "stc:cacher=false,tokens=4")  # the pruner alone needs no extra graph
+    assert session.push_frame(make_frames(1)[0], time_s=0.0).tokens_kept == 4
 
 
 def test_omni_export_has_no_audio_yet(exported):

@@ -19,7 +19,7 @@ whole SigLIP grid (the adapter does not pool streaming frames), so the spec's "6
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -72,12 +72,34 @@ class STC(Compressor):
         return STCStreamState()
 
     # ----- vision stage (STC-Cacher) -----
+    # export: the vision stage also outputs the blocks' internals (refresh pass), export/stc.py adds the
+    # selective pass; on an export directory encode_frame runs those graphs (exported.py)
+    export_modules: ClassVar[tuple[str, ...]] = ("vlmedge.export.stc",)
+
+    @property
+    def vision_refs(self) -> bool:
+        return self.cacher
+
+    @property
+    def plain_vision(self) -> bool:  # without the cacher the vision pass is the adapter's own
+        return not self.cacher
+
+    def runs_on(self, adapter) -> bool:
+        """Whether this method's vision pass can run on `adapter` (a torch adapter, or an export with the stage)."""
+        from vlmedge.compression.stc.exported import has_select_stage
+
+        return not self.cacher or hasattr(adapter, "vision_embed") or has_select_stage(adapter)
+
     @torch.no_grad()
     def encode_frame(self, adapter, frame, state: STCStreamState, taps: Sequence[int] | None = None):
         taps = tuple(self.taps if taps is None else taps)
         if not self.cacher:
             return adapter.encode_frame(frame, taps=taps)
         _need_state(state)
+        if not hasattr(adapter, "vision_embed"):  # an export directory: the exported refresh/selective graphs
+            from vlmedge.compression.stc.exported import encode_exported
+
+            return encode_exported(self, adapter, frame, state, taps)
         hidden, ctx = adapter.vision_embed(adapter.pixels(frame))
         return self.encode_hidden(adapter, hidden, ctx, state, taps)
 
@@ -109,7 +131,13 @@ class STC(Compressor):
                 got[i] = adapter.tap_to_raster(hidden, ctx)
         result = adapter.vision_project(hidden, ctx)
         result.taps = {t: got[adapter.block_index(t)] for t in taps}
-        # the state changes only once the frame went through
+        self.advance(state, refresh, num_tokens, new_refs, gated, gate_sim)
+        return result
+
+    @staticmethod
+    def advance(state: STCStreamState, refresh: bool, num_tokens: int, new_refs=None, gated: bool = False,
+                gate_sim: float | None = None) -> None:
+        """The state changes only once the frame went through (torch and exported paths alike)."""
         if refresh:
             state.refs, state.num_tokens = new_refs, num_tokens
             state.since_refresh, state.ref_frame = 0, state.frames
@@ -120,7 +148,6 @@ class STC(Compressor):
             state.selective += 1
         state.last_refresh, state.last_gate_similarity = refresh, gate_sim
         state.frames += 1
-        return result
 
     # ----- after the projector (STC-Pruner) -----
     def compress(self, tokens, ctx: FrameContext, state: STCStreamState) -> Selection:

@@ -25,10 +25,12 @@ class STCStreamState:
     last_refresh: bool | None = None  # how the latest frame ran
     last_gate_similarity: float | None = None
     memory: PrunerMemory = field(default_factory=PrunerMemory)
+    packed_refs: tuple | None = None  # exported path: the references as the graphs take them, [blocks, T, C] each
 
     def reset(self) -> None:
         """Forgets references, counters and the pruner's memory (stream start)."""
         self.refs = []
+        self.packed_refs = None
         self.num_tokens = None
         self.since_refresh = 0
         self.frames = 0

@@ -1,0 +1,82 @@
+"""STC's selective vision pass as a graph (`vision_stc_select`), registered when a method asks for it.
+
+STC-Cacher alternates two passes (compression/stc/cacher.py). The refresh pass is the plain `vision` graph
+with the blocks' internals as extra outputs (`ref_k`, `ref_v`, `ref_attn`, `ref_mlp`, `[blocks, T, C]`; the
+method's `vision_refs` asks for them). The selective pass is this graph: pixels plus those references in,
+features/trailer/taps out, each block recomputing only its `n = num_dynamic(T, ratio)` least similar tokens
+(cosine of keys against the reference, ONNX TopK; indices sorted ascending) and reusing the cached attention
+and MLP outputs elsewhere. The graph is stateless: the references live in the stream's state and go in as
+inputs, so one export serves any number of streams. `n` is fixed at export (it depends on T and the ratio
+only), which keeps every shape static, as TensorRT wants.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from vlmedge.compression.stc.cacher import LayerRef, selective_layer
+from vlmedge.compression.stc.selection import num_dynamic
+from vlmedge.export.stages import (REF_NAMES, ExportError, StageExporter, VisionGraph, _stage_spec, check_graph,
+                                   export_onnx, register_stage, sdpa_as_4d)
+
+STAGE = "vision_stc_select"
+
+
+class STCSelectGraph(VisionGraph):
+    """pixels + references → features, trailer, taps: the cacher's selective pass over every block."""
+
+    def __init__(self, adapter, ratio: float, taps=()):
+        super().__init__(adapter, taps)
+        self.ratio = float(ratio)
+
+    def forward(self, pixels, ref_k, ref_v, ref_attn, ref_mlp):
+        a = self.adapter
+        hidden = self.embed(pixels.to(a.dtype))
+        got = {}
+        for i, p in enumerate(self.parts):
+            ref = LayerRef(k=ref_k[i], v=ref_v[i], attn=ref_attn[i], mlp=ref_mlp[i])
+            out, _ = selective_layer(p, a.vision_tokens(hidden), ref, self.ratio)
+            hidden = a.vision_hidden(out, hidden)
+            if i in self.tap_blocks:
+                got[i] = a.tap_to_raster(hidden, self.ctx)
+        out = a.vision_project(hidden, self.ctx)
+        return (out.features.float(), out.trailer.float(), *[got[b].float() for b in self.tap_blocks])
+
+
+@register_stage
+class STCSelectStage(StageExporter):
+    name = STAGE
+    order = 11  # after `vision`, whose refresh graph gives the example references
+    file = "vision_stc_select.onnx"
+    handles_vision = True
+
+    def applies(self, job) -> bool:
+        return getattr(job.method, "name", None) == "stc" and bool(getattr(job.method, "cacher", False))
+
+    def export(self, job):
+        m, a = job.method, job.adapter
+        if m.refresh_gate:
+            raise ExportError("stc: refresh_gate (our extension) is not exportable yet: the gate decides between "
+                              "the two graphs from block 0's keys, which would need a third graph; export without it")
+        taps = list(getattr(m, "taps", ()) or ())
+        graph = STCSelectGraph(a, m.ratio, taps).eval()
+        refresh = VisionGraph(a, taps, refs=True).eval()
+        h, w = a.frame_size
+        g = torch.Generator().manual_seed(0)
+        first, second = (torch.randn(1, 3, h, w, generator=g) for _ in range(2))
+        with torch.no_grad(), sdpa_as_4d():
+            refs = refresh(first)[-4:]  # a real reference: frame 1's internals
+        args = (second, *refs)
+        outs = ["features", "trailer", *[f"tap_{t}" for t in taps]]
+        exporter = export_onnx(job, self.name, graph, args, self.file, ["pixels", *REF_NAMES], outs, {})
+        with torch.no_grad(), sdpa_as_4d():
+            ref_out = graph(*args)
+        feeds = {"pixels": second.numpy(), **{n: r.numpy() for n, r in zip(REF_NAMES, refs)}}
+        check = check_graph(job, self.name, os.path.join(job.out_dir, self.file), feeds, list(ref_out), outs)
+        tokens = int(refs[0].shape[1])
+        attrs = {"ratio": m.ratio, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
+                 "vision_blocks": len(graph.parts), "taps": taps,
+                 "references": "ref_k/ref_v/ref_attn/ref_mlp from the vision stage's refresh pass, [blocks, T, C]",
+                 "check": check}
+        return _stage_spec(job, self.name, self.file, exporter, attrs)
