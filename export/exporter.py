@@ -200,7 +200,9 @@ def summary_table(manifest: Manifest, out_dir: str) -> str:
         total += size
         ins = ", ".join(f"{t.name}{_shape(t.shape)}" for t in spec.inputs[:3])
         if len(spec.inputs) > 3:
-            ins += f", +{len(spec.inputs) - 3} KV"
+            rest = spec.inputs[3:]
+            kind = "KV" if all(t.name.startswith("past_") for t in rest) else "more"
+            ins += f", +{len(rest)} {kind}"
         rows.append((spec.name, spec.file, _human(size), spec.exporter, ins or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]

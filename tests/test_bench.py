@@ -79,3 +79,23 @@ def test_bench_command_refuses_contradictory_options(capsys):
     assert main(["bench", "--no-accuracy", "--no-timing"]) == 2
     assert "nothing to measure" in capsys.readouterr().err
     assert main(["bench", "--ratios", "a,b", "--no-timing"]) == 2
+
+
+def test_backends_compares_torch_and_onnx_runtime_on_exported_models(tmp_path, capsys):
+    """`vlmedge bench --backends`: each model is exported for the method, both backends play the same streams,
+    and the table holds every metric with its ratio."""
+    import json
+
+    from vlmedge.cli import main
+
+    assert main(["bench", "--backends", "--tiny", "--shape", "tiny", "--method", "stc:tokens=4", "--repeats", "1",
+                 "--streams", "1", "--out", str(tmp_path)]) == 0
+    md = capsys.readouterr().out
+    assert md.count("| vision ms / frame |") == 2 and "**per frame, all stages**" in md
+    data = json.loads((tmp_path / "backends.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["tiny-random", "tiny"]
+    for row in data["rows"]:
+        for backend in ("torch", "onnxruntime"):
+            m = row[backend]["metrics"]
+            assert m["vision_ms"]["median"] > 0 and m["prefill_ms"]["median"] > 0 and m["tokens_kept"]["median"] == 4
+        assert (tmp_path / f"export-{row['model']}" / "vision_stc_select.onnx").exists()

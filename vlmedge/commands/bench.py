@@ -34,6 +34,10 @@ def register(sub) -> None:
     p.add_argument("--streams", type=int, help="camworld streams per timed run (quick 1, full 2)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy half")
     p.add_argument("--no-timing", action="store_true", help="skip the latency half")
+    p.add_argument("--backends", action="store_true",
+                   help="instead of the method sweep: PyTorch eager against ONNX Runtime for --method (default stc) "
+                        "on the reference model and the --shape model (each exported first): per-frame stages, "
+                        "first token, decode rate and peak memory with ratios; writes backends.md/json")
     p.add_argument("--out", default="bench-results", help="output folder (default %(default)s)")
     p.set_defaults(func=run)
 
@@ -49,6 +53,8 @@ def run(args) -> int:
     from vlmedge.errors import InputError
     from vlmedge.runtime.evaluation import parse_seed_range
 
+    if args.backends:
+        return _backends(args)
     if args.method and args.methods:
         raise InputError("give either --method (one method against the baselines) or --methods, not both")
     methods = _csv(args.methods) or (["none", "uniform", "random", args.method] if args.method else list(METHODS))
@@ -79,4 +85,40 @@ def run(args) -> int:
         print("[bench] plots skipped: matplotlib is not installed (pip install 'vlmedge[bench]')", file=sys.stderr)
     print(f"[bench] wrote {', '.join(['bench.json', 'bench.md'] + [os.path.basename(p) for p in pngs])} to "
           f"{args.out}", file=sys.stderr)
+    return 0
+
+
+def _backends(args) -> int:
+    import torch
+
+    from vlmedge.bench import shapes
+    from vlmedge.bench.backends import compare_backends, markdown, to_json
+    from vlmedge.bench.run import QUICK, log
+    from vlmedge.models import camworld
+
+    from vlmedge.errors import InputError
+
+    if args.engine:
+        raise InputError("--backends exports a PyTorch model itself; give --model DIR (or the bundled reference), "
+                         "not --engine")
+    method = args.method or "stc"
+    os.makedirs(args.out, exist_ok=True)
+    model, name = load_model(args)
+    shape = shapes.get_shape(args.shape or QUICK["shape"])
+
+    def build():
+        log(f"building {shape.description} with random weights")
+        return shapes.build(shape)
+
+    first = "tiny-random" if args.tiny else os.path.basename(args.model.rstrip("/")) if args.model else "reference"
+    models = [(first, model), (shape.name, build)]
+    streams = [camworld.generate(1_000_000 + i, split="eval") for i in range(args.streams or 2)]
+    with torch.no_grad():
+        rows = compare_backends(models, method, streams, args.repeats or 3, args.out, log=log)
+    md = markdown(rows, method, torch.get_num_threads())
+    with open(os.path.join(args.out, "backends.md"), "w") as f:
+        f.write(md + "\n")
+    with open(os.path.join(args.out, "backends.json"), "w") as f:
+        json.dump({"method": method, "threads": torch.get_num_threads(), "rows": to_json(rows)}, f, indent=2)
+    print(md)
     return 0
