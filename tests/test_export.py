@@ -88,7 +88,7 @@ def test_text_embedding_and_all_position_logits(exported):
     assert cache.get_seq_length() == ids.numel() - 3
 
 
-@pytest.mark.parametrize("method", ["none", "uniform:ratio=0.25"])
+@pytest.mark.parametrize("method", ["none", "uniform:ratio=0.25", "stc:tokens=6", "script:ratio=0.25"])
 def test_stream_logits_and_answer_match_torch(exported, method):
     family, adapter, out, backend = exported
     frames = make_frames(3)
@@ -104,6 +104,7 @@ def test_stream_logits_and_answer_match_torch(exported, method):
     ref, got = answers
     assert tokens[0] == tokens[1]
     assert got.token_ids == ref.token_ids and got.text == ref.text and got.stopped_by == ref.stopped_by
+    assert got.requeried_frames == ref.requeried_frames == (3 if method.startswith("script") else 0)
     torch.testing.assert_close(torch.stack(got.logits), torch.stack(ref.logits), atol=LOGITS_ATOL, rtol=1e-4)
 
 
@@ -127,19 +128,6 @@ def test_stc_cacher_and_pruner_match_torch_frame_by_frame(exported):
     n_tokens = spec.attrs["vision_tokens"]
     assert spec.attrs["dynamic_tokens"] == max(1, int(n_tokens * 0.25)) and spec.attrs["check"]["max_rel_err"] < 1e-4
     assert spec.input("ref_k").shape[:2] == [spec.attrs["vision_blocks"], n_tokens]
-
-
-def test_stc_stream_logits_and_answer_match_torch(exported):
-    family, adapter, out, backend = exported
-    answers = []
-    for ad in (adapter, backend):
-        session = StreamingSession(ad, "stc:tokens=6", keep_logits=True)
-        for i, f in enumerate(make_frames(4, seed=3)):
-            session.push_frame(f, time_s=float(i))
-        answers.append(session.ask(QUESTION, max_new_tokens=4))
-    ref, got = answers
-    assert got.token_ids == ref.token_ids and got.stream_tokens == ref.stream_tokens
-    torch.testing.assert_close(torch.stack(got.logits), torch.stack(ref.logits), atol=LOGITS_ATOL, rtol=1e-4)
 
 
 def test_stc_settings_the_export_cannot_serve_are_refused(exported):
