@@ -97,6 +97,7 @@ class PipelineRunner:
         """Plays to EOS (or `duration_s` of wall time, then EOS). Raises PipelineError on an error message or
         when `timeout_s` passes (a stall)."""
         bus = self.pipeline.get_bus()
+        self.result, self._stopping = RunResult(), 0  # a pipeline can be run again: each run reports its own
         t0 = time.monotonic()
         ret = self.pipeline.set_state(Gst.State.PLAYING)
         try:

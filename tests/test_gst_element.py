@@ -390,3 +390,29 @@ def test_memory_budget_bounds_the_stream_inside_the_element():
     assert result.eos and store.evicted_blocks >= 5  # the oldest frames left
     ans = result.answers[0]
     assert ans["evicted_tokens"] > 0 and ans["stream_tokens"] <= store.capacity_tokens
+
+
+def test_state_changes_pause_resume_and_restart():
+    """PLAYING → PAUSED → PLAYING mid-stream keeps the stream; a second run of the same pipeline (NULL → PLAYING)
+    starts a fresh stream with a fresh worker, and no worker thread is left behind."""
+    import threading
+
+    runner = PipelineRunner(
+        "videotestsrc is-live=true num-buffers=20 ! video/x-raw,width=32,height=32,framerate=10/1 ! videoconvert ! "
+        f"{RGB} ! vlmedge name=vlmedge {TINY} sample-fps=0 frame-stats=true ! fakesink sync=true")
+    pipe = runner.pipeline
+
+    def pause_once():
+        time.sleep(0.8)
+        pipe.set_state(Gst.State.PAUSED)
+        time.sleep(0.4)
+        pipe.set_state(Gst.State.PLAYING)
+
+    threading.Thread(target=pause_once).start()
+    first = runner.run(timeout_s=60)
+    assert first.eos and first.stats["frames-in"] == first.stats["frames-out"] == 20
+    second = runner.run(timeout_s=60)  # the runner set NULL at the end; this is a new start
+    assert second is not first and second.eos and second.stats["frames-in"] == 20
+    assert second.frames[0]["index"] == 0  # a new stream counts from 0
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name in ("vlmedge-inference", "vlmedge-text")]
