@@ -21,6 +21,7 @@ from vlmedge.errors import InputError
 from vlmedge.export.manifest import (FORMAT, MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, TARGETS, FileEntry, Manifest,
                                      MethodInfo, ModelInfo, RuntimeInfo, StageSpec, position_spec, sha256_file,
                                      versions)
+from vlmedge.export import audio as _audio_stage  # noqa: F401  (registers the omni audio stage)
 from vlmedge.export.stages import ExportError, ExportJob, kv_shape, plan
 
 TOKENIZER_DIR = "tokenizer"

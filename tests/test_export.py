@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,7 +46,8 @@ def test_manifest_records_stages_and_runtime(exported):
     family, adapter, out, backend = exported
     m = backend.manifest
     assert m.model.family == family and m.method.name == "stc" and m.method.spec.startswith("stc:")
-    assert list(m.stages) == ["embed", "vision", "vision_stc_select", "llm"]
+    audio = ["audio"] if adapter.has_audio else []
+    assert list(m.stages) == ["embed", "vision", "vision_stc_select", *audio, "llm"]
     assert {m.stages["vision"].exporter, m.stages["llm"].exporter} == {"dynamo"}  # the preferred exporter works
     llm = m.stages["llm"]
     assert [t.name for t in llm.inputs[:3]] == ["inputs_embeds", "position_ids", "logits_positions"]
@@ -139,18 +141,47 @@ def test_stc_settings_the_export_cannot_serve_are_refused(exported):
     assert session.push_frame(make_frames(1)[0], time_s=0.0).tokens_kept == 4
 
 
-def test_omni_export_has_no_audio_yet(exported):
+def test_audio_stage_matches_torch_and_takes_one_second_chunks(exported):
     family, adapter, out, backend = exported
-    assert backend.has_audio is False
-    if adapter.has_audio:
-        assert any("audio" in n for n in backend.manifest.notes)
+    assert backend.has_audio is adapter.has_audio
+    if not adapter.has_audio:
         with pytest.raises(InputError, match="no audio stage"):
             backend.encode_audio(None)
+    else:
+        wave = np.random.default_rng(4).uniform(-0.5, 0.5, 16000).astype(np.float32)
+        ref, got = adapter.encode_audio(wave), backend.encode_audio(wave)
+        for name in ("features", "q", "k"):
+            assert getattr(got, name).shape == getattr(ref, name).shape
+            assert _rel(getattr(got, name), getattr(ref, name)) <= VISION_RTOL, name
+        assert got.chunks == ref.chunks and got.seconds_per_token == ref.seconds_per_token
+        with pytest.raises(InputError, match="1 s chunks"):
+            backend.encode_audio(wave[:8000])
     with pytest.raises(InputError, match="taps"):
         backend.encode_frame(make_frames(1)[0], taps=[0])
     frame = make_frames(1)[0]  # the generic stage runner gives what encode_frame gives
     out = backend.run_stage("vision", {"pixels": backend.pixels(frame).numpy()})
     torch.testing.assert_close(torch.from_numpy(out["features"]), backend.encode_frame(frame).features)
+
+
+@pytest.mark.parametrize("method", ["none", "omnizip"])
+def test_audio_video_stream_matches_torch(exported, method):
+    """Omni models on ONNX Runtime: video and audio a second at a time, OmniZip's audio-guided windows included."""
+    family, adapter, out, backend = exported
+    if not adapter.has_audio:
+        pytest.skip("video-only family")
+    rng = np.random.default_rng(2)
+    waves = [rng.uniform(-0.5, 0.5, 16000).astype(np.float32) for _ in range(3)]
+    answers = []
+    for ad in (adapter, backend):
+        session = StreamingSession(ad, method, keep_logits=True)
+        for i, f in enumerate(make_frames(6)):
+            session.push_frame(f, time_s=i * 0.5)
+            if i % 2 == 1:
+                session.push_audio(waves[i // 2], time_s=float(i // 2))
+        answers.append(session.ask("what sound played ?", max_new_tokens=4))
+    ref, got = answers
+    assert got.token_ids == ref.token_ids and got.stream_tokens == ref.stream_tokens
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(ref.logits), atol=LOGITS_ATOL, rtol=1e-4)
 
 
 # ----- a damaged or hand-edited export is refused -----

@@ -18,7 +18,7 @@ import torch
 
 from vlmedge.errors import InputError, UnknownNameError
 from vlmedge.export.manifest import Manifest, ManifestError, build_positions
-from vlmedge.models.base import FrameTokens, PromptFormat
+from vlmedge.models.base import AudioTokens, FrameTokens, PromptFormat
 from vlmedge.models.preprocess import PixelNorm, to_pixels
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -136,6 +136,7 @@ class OrtAdapter:
 
         self._opts = opts
         self._sessions: dict = {}
+        self._features = None  # the audio stage's mel extractor, loaded on first use
         emb = manifest.stage("embed")
         self._embed = np.load(os.path.join(export_dir, emb.file), mmap_mode="r")
         self._vision_spec = manifest.stage("vision")
@@ -216,8 +217,34 @@ class OrtAdapter:
         return tokens
 
     def encode_audio(self, wave):
-        raise InputError(f"this export of {self.family} has no audio stage; push_audio needs an export made with "
-                         "the audio stage (not available in this vlmedge version)")
+        """A second of 16 kHz mono audio → AudioTokens, through the exported `audio` stage (export/audio.py)."""
+        if "audio" not in self.manifest.stages:
+            raise InputError(f"this export of {self.family} has no audio stage; re-export the omni model with this "
+                             "vlmedge to answer from audio")
+        spec = self.manifest.stage("audio").attrs
+        mel = self._mel(wave, spec)
+        if mel.shape[1] != spec["mel_frames"]:
+            raise InputError(f"this export's audio stage takes {spec['chunk_s']:g} s chunks ({spec['mel_frames']} mel "
+                             f"frames); got {len(wave) / spec['sample_rate']:.3f} s")
+        out = self.run_stage("audio", {"mel": mel})
+        return AudioTokens(features=torch.from_numpy(out["features"]), q=torch.from_numpy(out["q"]),
+                           k=torch.from_numpy(out["k"]), chunks=[tuple(c) for c in spec["chunks"]],
+                           seconds_per_token=float(spec["seconds_per_token"]))
+
+    def _mel(self, wave, spec) -> np.ndarray:
+        from transformers import WhisperFeatureExtractor
+
+        if self._features is None:
+            self._features = WhisperFeatureExtractor.from_pretrained(
+                os.path.join(self.export_dir, spec["feature_extractor"]), local_files_only=True)
+        wave = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
+        if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
+            raise InputError(f"audio must be a 1-D float array of {spec['sample_rate']} Hz mono samples, got shape "
+                             f"{wave.shape} {wave.dtype}")
+        feats = self._features(wave.astype(np.float32), sampling_rate=spec["sample_rate"], padding="longest",
+                               truncation=False, return_tensors="np")["input_features"][0]
+        n = wave.shape[0] // 160  # as the torch adapter: whole tokens of 4 mel frames
+        return np.ascontiguousarray(feats[:, : n - n % 4 if n >= 4 else n], dtype=np.float32)
 
     @torch.no_grad()
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
