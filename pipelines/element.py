@@ -69,6 +69,7 @@ class VlmEdge(Gst.Element):
         super().__init__()
         self.props_ = {name: spec[-2] for name, spec in PROPERTIES.items() if name not in READ_ONLY_STATS}
         self._early_questions: list[str] = []  # asked before the stream started
+        self._last_stats = None  # the worker's counters after its stream stopped
         self.sinkpad = self._pad("sink", chain=self._video_chain, event=self._video_event, query=self._video_query)
         self.srcpad = self._pad("src", event=self._src_event, query=self._src_query)
         self.textpad = self._pad("text_src", event=self._text_src_event, query=self._text_src_query)
@@ -110,7 +111,7 @@ class VlmEdge(Gst.Element):
         if name in READ_ONLY_STATS:
             if name in self.counts:
                 return self.counts[name]
-            st = self.worker.stats if self.worker else None
+            st = self.worker.stats if self.worker else self._last_stats
             if name == "stats":
                 return json.dumps(self.stats())
             return {"frames-processed": st.frames_processed if st else 0,
@@ -141,9 +142,11 @@ class VlmEdge(Gst.Element):
                 self._early_questions.append(question)
 
     def stats(self) -> dict:
+        """Counters of the running stream, or of the last one once it has stopped."""
         out = dict(self.counts)
-        if self.worker:
-            out.update({k.replace("_", "-"): v for k, v in self.worker.stats.to_dict().items()})
+        st = self.worker.stats if self.worker else self._last_stats
+        if st is not None:
+            out.update({k.replace("_", "-"): v for k, v in st.to_dict().items()})
         return out
 
     # ----- state changes -----

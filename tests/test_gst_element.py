@@ -322,8 +322,9 @@ def test_stats_property_is_json_and_counts_match():
     runner = PipelineRunner("videotestsrc num-buffers=6 ! video/x-raw,width=32,height=32,framerate=2/1 ! "
                             f"videoconvert ! {RGB} ! vlmedge name=vlmedge {TINY} drop-frames=false ! fakesink")
     runner.run(timeout_s=60)
-    st = json.loads(runner.element.get_property("stats"))
+    st = json.loads(runner.element.get_property("stats"))  # read after the pipeline went back to NULL
     assert st["frames-in"] == 6 == runner.element.get_property("frames-out")
+    assert st["frames-processed"] == 6 == runner.element.get_property("frames-processed")
 
 
 def test_an_export_directory_runs_on_onnx_runtime_with_the_torch_answers(camworld_clip, tmp_path):
