@@ -115,3 +115,9 @@ class TokenBudget:
         if self.ratio is not None:
             return max(1, min(n, round(self.ratio * n)))
         return n
+
+
+def runs_own_vision(method) -> bool:
+    """Whether `method` replaces the adapter's plain vision pass (STC's cacher): it then needs the torch tower's
+    blocks, or graphs of its own in an export."""
+    return type(method).encode_frame is not Compressor.encode_frame and not getattr(method, "plain_vision", False)

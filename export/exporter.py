@@ -114,7 +114,7 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
                  log: Callable[[str], None] = print) -> Manifest:
     """Exports `adapter` for `method` into `out_dir` and returns the manifest it wrote."""
     from vlmedge.compression import get_method
-    from vlmedge.compression.base import Compressor
+    from vlmedge.compression.base import runs_own_vision
 
     method = get_method(method)
     for module in getattr(method, "export_modules", ()):  # stages a method brings register on import
@@ -126,8 +126,7 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
                     exporter=exporter, check=check, log=log)
     stages = plan(job)
-    if (type(method).encode_frame is not Compressor.encode_frame and not getattr(method, "plain_vision", False)
-            and not any(s.handles_vision for s in stages)):
+    if runs_own_vision(method) and not any(s.handles_vision for s in stages):
         raise ExportError(f"method {method.name!r} changes how the vision tower runs and no export stage for it is "
                           f"registered yet; exportable methods run the plain vision stage (none, uniform, random)")
     keep = prepare_out_dir(out_dir, force)

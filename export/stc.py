@@ -16,11 +16,10 @@ import os
 import torch
 
 from vlmedge.compression.stc.cacher import LayerRef, selective_layer
+from vlmedge.compression.stc.exported import SELECT_STAGE as STAGE
 from vlmedge.compression.stc.selection import num_dynamic
 from vlmedge.export.stages import (REF_NAMES, ExportError, StageExporter, VisionGraph, _stage_spec, check_graph,
                                    export_onnx, register_stage, sdpa_as_4d)
-
-STAGE = "vision_stc_select"
 
 
 class STCSelectGraph(VisionGraph):

@@ -22,6 +22,24 @@ from vlmedge.models.tokenizer import build_word_tokenizer
 SAMPLE_RATE = 16000
 
 
+def log_mel(extractor, wave) -> np.ndarray:
+    """16 kHz mono float samples → log-mel `[mel_bins, frames]` float32 with `extractor` (Whisper's, as Omni's
+    processor uses); shared by the torch adapter and exports (runtime/backends/onnxruntime.py)."""
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().numpy()
+    if not isinstance(wave, np.ndarray) or wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
+        shape = getattr(wave, "shape", None)
+        raise InputError(f"audio must be a 1-D float array of {SAMPLE_RATE} Hz mono samples in [-1, 1], "
+                         f"got {type(wave).__name__} with shape {shape}")
+    if wave.shape[0] < 640:  # one LLM audio token spans 40 ms
+        raise InputError(f"audio chunk too short: {wave.shape[0]} samples; at least 640 (40 ms at 16 kHz)")
+    feats = extractor(wave.astype(np.float32), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False,
+                      return_tensors="np")["input_features"][0]
+    # Whisper's extractor returns one frame more than samples/hop; a token is only complete every 4 frames.
+    n = wave.shape[0] // 160
+    return np.ascontiguousarray(feats[:, : n - n % 4 if n >= 4 else n], dtype=np.float32)
+
+
 def omni_prompt(tokenizer, audio: bool = True) -> PromptFormat:
     # Omni's tokenizer calls the vision delimiters <|vision_bos|>/<|vision_eos|>; small word-level ones reuse
     # Qwen2.5-VL's names. Either way the ids are those in the model config.
@@ -76,19 +94,7 @@ class Qwen25OmniAdapter(QwenVisionMixin, Adapter):
     # ----- audio -----
     def mel(self, wave) -> torch.Tensor:
         """16 kHz mono float samples → log-mel `[mel_bins, frames]` (10 ms hop), as Omni's processor computes."""
-        if isinstance(wave, torch.Tensor):
-            wave = wave.detach().cpu().numpy()
-        if not isinstance(wave, np.ndarray) or wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
-            shape = getattr(wave, "shape", None)
-            raise InputError(f"audio must be a 1-D float array of {SAMPLE_RATE} Hz mono samples in [-1, 1], "
-                             f"got {type(wave).__name__} with shape {shape}")
-        if wave.shape[0] < 640:  # one LLM audio token spans 40 ms
-            raise InputError(f"audio chunk too short: {wave.shape[0]} samples; at least 640 (40 ms at 16 kHz)")
-        feats = self.features(wave.astype(np.float32), sampling_rate=SAMPLE_RATE, padding="longest",
-                              truncation=False, return_tensors="pt")["input_features"][0]
-        # Whisper's extractor returns one frame more than samples/hop; a token is only complete every 4 frames.
-        n = wave.shape[0] // 160
-        return feats[:, : n - n % 4 if n >= 4 else n]
+        return torch.from_numpy(log_mel(self.features, wave))
 
     @torch.no_grad()
     def encode_audio(self, wave) -> AudioTokens:

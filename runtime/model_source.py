@@ -15,6 +15,14 @@ BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
 DEFAULT_FAMILY = "llava_onevision"
 
 
+def _named(spec: str) -> tuple[str, str] | None:
+    """('reference' | 'tiny', family) for a named model, None for a directory path."""
+    kind, _, family = spec.partition(":")
+    if kind in ("reference", "tiny") and not os.path.isdir(spec):
+        return kind, family or DEFAULT_FAMILY
+    return None
+
+
 def describe_spec() -> str:
     return ("an export directory, a Hugging Face model directory, 'reference[:FAMILY]' or 'tiny:FAMILY'")
 
@@ -29,9 +37,9 @@ def open_model(spec: str, backend: str = "auto", words=()):
         raise InputError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     if not spec:
         raise InputError(f"no model given: set it to {describe_spec()}")
-    kind, _, family = spec.partition(":")
-    if kind in ("reference", "tiny") and not os.path.isdir(spec):
-        family = family or DEFAULT_FAMILY
+    named = _named(spec)
+    if named:
+        kind, family = named
         if family not in FAMILIES:
             raise InputError(f"unknown model family {family!r} in {spec!r}; families: {', '.join(FAMILIES)}")
         if backend == "onnxruntime":
@@ -68,9 +76,9 @@ def family_of(spec: str) -> str:
     from vlmedge.models.loading import _family_for
 
     spec = (spec or "").strip()
-    kind, _, family = spec.partition(":")
-    if kind in ("reference", "tiny") and not os.path.isdir(spec):
-        return family or DEFAULT_FAMILY
+    named = _named(spec)
+    if named:
+        return named[1]
     if not os.path.isdir(spec):
         raise ModelFileError(f"model {spec!r} does not exist" + (" as a directory" if os.path.exists(spec) else "")
                              + f"; give {describe_spec()}")

@@ -19,6 +19,7 @@ import time
 import torch
 
 from vlmedge.compression import FrameContext, Selection, get_method
+from vlmedge.compression.base import runs_own_vision
 from vlmedge.errors import InputError
 from vlmedge.models.positions import PositionState
 from vlmedge.models.preprocess import validate_frame
@@ -51,8 +52,8 @@ class StreamingSession(WindowedStream, RequeryStream):
         self.requery_frames = requery_frames
         self.adapter = adapter
         self.method = get_method(method)
-        if not hasattr(adapter, "vision_embed") and _runs_own_vision(self.method) and not (
-                hasattr(self.method, "runs_on") and self.method.runs_on(adapter)):
+        if (not hasattr(adapter, "vision_embed") and runs_own_vision(self.method)
+                and not getattr(self.method, "runs_on", lambda a: False)(adapter)):
             raise InputError(f"method {self.method.name!r} runs the vision tower its own way and this backend has no "
                              f"stage for it (exported for {getattr(adapter, 'method_spec', '?')!r}); use the export's "
                              "method or the PyTorch model")
@@ -386,10 +387,3 @@ class StreamingSession(WindowedStream, RequeryStream):
                       frames=frames, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
                       stopped_by=stopped_by, logits=kept_logits, window_ms=(tr - tw) * 1e3,
                       requery_ms=(t0 - tr) * 1e3, requeried_frames=requeried)
-
-
-def _runs_own_vision(method) -> bool:
-    """Methods that replace the plain vision pass (STC's cacher) need the torch tower's blocks."""
-    from vlmedge.compression.base import Compressor
-
-    return type(method).encode_frame is not Compressor.encode_frame

@@ -11,9 +11,10 @@ import torch
 from vlmedge.compression.stc.cacher import LayerRef
 from vlmedge.compression.stc.state import STCStreamState, refresh_due
 from vlmedge.errors import InputError
+from vlmedge.export.stages import REF_NAMES
+from vlmedge.models.base import FrameTokens
 
-SELECT_STAGE = "vision_stc_select"
-REF_NAMES = ("ref_k", "ref_v", "ref_attn", "ref_mlp")
+SELECT_STAGE = "vision_stc_select"  # export/stc.py registers the stage under this name
 
 
 def has_select_stage(backend) -> bool:
@@ -45,8 +46,6 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
     else:
         out = backend.run_stage(SELECT_STAGE, {"pixels": pixels, **dict(zip(REF_NAMES, state.packed_refs))},
                                 ["features", "trailer", *tap_names])
-    from vlmedge.models.base import FrameTokens
-
     tokens = FrameTokens(features=torch.from_numpy(out["features"]), grid_hw=tuple(vision["grid_hw"]),
                          trailer=torch.from_numpy(out["trailer"]))
     tokens.taps = {t: torch.from_numpy(out[n]) for t, n in zip(taps, tap_names)}

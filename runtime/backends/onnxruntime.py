@@ -225,7 +225,7 @@ class OrtAdapter:
         mel = self._mel(wave, spec)
         if mel.shape[1] != spec["mel_frames"]:
             raise InputError(f"this export's audio stage takes {spec['chunk_s']:g} s chunks ({spec['mel_frames']} mel "
-                             f"frames); got {len(wave) / spec['sample_rate']:.3f} s")
+                             f"frames); got {mel.shape[1] * 0.01:.2f} s")
         out = self.run_stage("audio", {"mel": mel})
         return AudioTokens(features=torch.from_numpy(out["features"]), q=torch.from_numpy(out["q"]),
                            k=torch.from_numpy(out["k"]), chunks=[tuple(c) for c in spec["chunks"]],
@@ -234,17 +234,12 @@ class OrtAdapter:
     def _mel(self, wave, spec) -> np.ndarray:
         from transformers import WhisperFeatureExtractor
 
+        from vlmedge.models.qwen2_5_omni import log_mel
+
         if self._features is None:
             self._features = WhisperFeatureExtractor.from_pretrained(
                 os.path.join(self.export_dir, spec["feature_extractor"]), local_files_only=True)
-        wave = np.asarray(wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave)
-        if wave.ndim != 1 or not np.issubdtype(wave.dtype, np.floating):
-            raise InputError(f"audio must be a 1-D float array of {spec['sample_rate']} Hz mono samples, got shape "
-                             f"{wave.shape} {wave.dtype}")
-        feats = self._features(wave.astype(np.float32), sampling_rate=spec["sample_rate"], padding="longest",
-                               truncation=False, return_tensors="np")["input_features"][0]
-        n = wave.shape[0] // 160  # as the torch adapter: whole tokens of 4 mel frames
-        return np.ascontiguousarray(feats[:, : n - n % 4 if n >= 4 else n], dtype=np.float32)
+        return log_mel(self._features, wave)
 
     @torch.no_grad()
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:

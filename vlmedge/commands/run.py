@@ -82,11 +82,16 @@ def build_spec(args, source: str, audio: bool):
 
 
 def _source_has_audio(source: str) -> bool:
-    """Whether a file or URI carries an audio stream (so an omni model gets an audio branch)."""
+    """Whether the source carries audio (so an omni model gets an audio branch): the test source always (an
+    audiotestsrc), a file or stored URI when GstDiscoverer finds an audio stream, live network streams and
+    cameras not (probing them would wait on the network)."""
     from vlmedge.pipelines.builder import source_kind
 
-    if source_kind(source) not in ("file", "uri") or source.startswith(("rtsp", "udp", "srt")):
-        return source_kind(source) == "test"
+    kind = source_kind(source)
+    if kind == "test":
+        return True
+    if kind not in ("file", "uri") or source.startswith(("rtsp", "udp", "srt")):
+        return False
     import gi
 
     from vlmedge.pipelines.gst import Gst
