@@ -113,7 +113,7 @@ def plots(result, out_dir: str) -> list[str]:
         ax.set_title("Accuracy vs tokens kept")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        written.append(_save(plt, fig, out_dir, "accuracy_vs_tokens.png"))
+        written.append(save_figure(plt, fig, out_dir, "accuracy_vs_tokens.png"))
     if result.timing:
         fig, ax = plt.subplots(figsize=(7.2, 0.45 * len(result.timing) + 1.4))
         labels = [t.label for t in result.timing]
@@ -126,11 +126,11 @@ def plots(result, out_dir: str) -> list[str]:
         ax.set_xlabel("ms per frame")
         ax.set_title("Per-frame latency by stage")
         ax.legend(fontsize=8)
-        written.append(_save(plt, fig, out_dir, "latency.png"))
+        written.append(save_figure(plt, fig, out_dir, "latency.png"))
     return written
 
 
-def _save(plt, fig, out_dir: str, name: str) -> str:
+def save_figure(plt, fig, out_dir: str, name: str) -> str:
     fig.tight_layout()
     path = os.path.join(out_dir, name)
     fig.savefig(path, dpi=120)

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from vlmedge.errors import InputError
-from vlmedge.export.manifest import (FORMAT, MANIFEST_NAME, PRECISIONS, SCHEMA_VERSION, TARGETS, FileEntry, Manifest,
+from vlmedge.export.manifest import (EXPORT_PRECISIONS, FORMAT, MANIFEST_NAME, SCHEMA_VERSION, TARGETS, FileEntry, Manifest,
                                      MethodInfo, ModelInfo, RuntimeInfo, StageSpec, position_spec, sha256_file,
                                      versions)
 from vlmedge.export import audio as _audio_stage  # noqa: F401  (registers the omni audio stage)
@@ -32,9 +32,9 @@ GPU_TARGETS = ("desktop", "orin-nano", "orin-nx", "orin-agx")
 def _check_options(target, precision, opset, exporter, max_frames):
     if target not in TARGETS:
         raise InputError(f"target {target!r} is not one of {', '.join(TARGETS)}")
-    if precision not in PRECISIONS:
-        hint = " (int8 comes from `vlmedge calibrate`)" if precision == "int8" else ""
-        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}{hint}")
+    if precision not in EXPORT_PRECISIONS:
+        hint = " (int8 comes from `vlmedge calibrate quantize` on an fp32 export)" if precision == "int8" else ""
+        raise InputError(f"precision {precision!r} is not one of {', '.join(EXPORT_PRECISIONS)}{hint}")
     if not isinstance(opset, int) or not 17 <= opset <= 23:
         raise InputError(f"opset must be an integer from 17 to 23, got {opset!r}")
     if exporter not in EXPORTERS:
@@ -183,7 +183,7 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
                             bytes=os.path.getsize(os.path.join(out_dir, rel))) for rel in written}
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, format=FORMAT, model=model,
-        method=MethodInfo(name=method.name, spec=method.spec(), settings=_jsonable(method.settings())),
+        method=MethodInfo(name=method.name, spec=method.spec(), settings=jsonable(method.settings())),
         precision=precision, target=target, opset=opset, stages=specs, runtime=runtime, versions=versions(),
         files=files, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), notes=notes)
     manifest.save(out_dir)
@@ -233,5 +233,5 @@ def _shape(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _jsonable(d: dict) -> dict:
+def jsonable(d: dict) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v)) for k, v in d.items()}

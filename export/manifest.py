@@ -6,7 +6,9 @@ out as tokens and positions, the prompt format, precision, target, the versions 
 of every file. `Manifest.load` refuses a directory whose manifest is missing, malformed or of a newer schema,
 and whose files are missing, resized or altered, with one line that says which and what to do.
 
-Schema history: 1 = first version (vision / llm / embed stages).
+Schema history: 1 = first version (vision / llm / embed stages); 2 = precision "int8" (graphs quantised by
+`vlmedge calibrate quantize`, recorded in `quantization`) and `tuning` (the setting `vlmedge calibrate tune` chose).
+A version-1 manifest reads as version 2 with neither record.
 """
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from typing import Any
 
 from vlmedge.errors import ModelFileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMAT = "vlmedge-export"
 MANIFEST_NAME = "manifest.json"
 TARGETS = ("cpu", "desktop", "orin-nano", "orin-nx", "orin-agx")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_PRECISIONS = ("fp32", "fp16")  # what `vlmedge export` writes; int8 comes from `vlmedge calibrate quantize`
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool", "uint8")
 
 
@@ -129,6 +132,8 @@ class Manifest:
     files: dict[str, FileEntry]
     created: str = ""
     notes: list = field(default_factory=list)
+    quantization: dict | None = None  # int8: mode, calibration set, per-stage settings, the accuracy guard's report
+    tuning: dict | None = None  # `calibrate tune`: targets, the chosen method spec, the sweep
 
     # ----- writing -----
     def to_dict(self) -> dict:

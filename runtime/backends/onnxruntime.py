@@ -136,6 +136,7 @@ class OrtAdapter:
 
         self._opts = opts
         self._sessions: dict = {}
+        self._watch = None  # watch_inputs(): calibration records each graph run's inputs
         self._features = None  # the audio stage's mel extractor, loaded on first use
         emb = manifest.stage("embed")
         self._embed = np.load(os.path.join(export_dir, emb.file), mmap_mode="r")
@@ -171,6 +172,12 @@ class OrtAdapter:
                                                          sess_options=self._opts, providers=self.providers)
         return self._sessions[stage]
 
+    def watch_inputs(self, fn) -> None:
+        """Calls `fn(stage, feeds)` with every graph run's inputs as numpy arrays, KV included (`None` stops).
+        INT8 calibration records real activations of a stream this way (calibration/capture.py); it copies the
+        KV cache on each LLM step, so it is for calibration runs, not for serving."""
+        self._watch = fn
+
     def run_stage(self, stage: str, feeds: dict, outputs=None) -> dict:
         """Runs an exported stage on numpy inputs (cast to the dtypes the manifest records); returns its
         outputs by name. A method whose runtime needs a graph of its own (e.g. a stateful vision variant)
@@ -182,6 +189,8 @@ class OrtAdapter:
             raise InputError(f"stage {stage!r} has no input {unknown[0]!r} (inputs: {', '.join(want)})")
         cast = {k: np.ascontiguousarray(np.asarray(v, dtype=want[k])) for k, v in feeds.items()}
         names = list(outputs) if outputs else [t.name for t in spec.outputs]
+        if self._watch is not None:
+            self._watch(stage, cast)
         return dict(zip(names, self.session(stage).run(names, cast)))
 
     # ----- what the session and tools read -----
@@ -211,7 +220,10 @@ class OrtAdapter:
             raise InputError(f"vision taps {missing} were not exported (this export has taps {self._taps or 'none'}); "
                              "re-export with the method that reads them")
         names = ["features", "trailer", *[f"tap_{t}" for t in taps]]
-        out = self._vision.run(names, {"pixels": self.pixels(frame).numpy()})
+        feeds = {"pixels": self.pixels(frame).numpy()}
+        if self._watch is not None:
+            self._watch("vision", feeds)
+        out = self._vision.run(names, feeds)
         tokens = FrameTokens(features=torch.from_numpy(out[0]), grid_hw=self._grid, trailer=torch.from_numpy(out[1]))
         tokens.taps = {t: torch.from_numpy(o) for t, o in zip(taps, out[2:])}
         return tokens
@@ -266,6 +278,9 @@ class OrtAdapter:
             np.ascontiguousarray(self.positions.model_position_ids(position_ids).numpy().astype(np.int64)),
             np.array([n - 1], dtype=np.int64) if last_only else np.arange(n, dtype=np.int64),
         ]
+        if self._watch is not None:
+            self._watch("llm", {**dict(zip(self._in_names[:3], feeds)),
+                                **{name: v.numpy() for name, v in zip(self._in_names[3:], cache.values)}})
         binding = self._llm.io_binding()
         for name, arr in zip(self._in_names[:3], feeds):
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, self.device, 0))

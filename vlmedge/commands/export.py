@@ -5,7 +5,7 @@ import re
 
 
 def register(sub) -> None:
-    from vlmedge.export.manifest import PRECISIONS, TARGETS
+    from vlmedge.export.manifest import EXPORT_PRECISIONS, TARGETS
 
     p = sub.add_parser(
         "export", help="export a model + method to ONNX graphs with a manifest",
@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25 (default: none)")
     p.add_argument("--out", required=True, metavar="DIR", help="export directory to write")
     p.add_argument("--target", default="cpu", choices=TARGETS, help="device the export is meant for (default: cpu)")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
+    p.add_argument("--precision", default=None, choices=EXPORT_PRECISIONS,
                    help="weights and activations (default: fp32; Jetson targets: the module profile's, fp16)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     p.add_argument("--image-size", metavar="HxW",
