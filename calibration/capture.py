@@ -17,8 +17,9 @@ from vlmedge.errors import InputError
 
 # Questions asked during capture when the caller gives none: camworld's question forms, which is what the
 # bundled reference models answer. Deployments on their own footage should pass the questions they will ask.
-DEFAULT_QUESTIONS = ("how many shapes are there ?", "what colour is the circle ?", "where is the square ?",
-                     "what shape appeared last ?")
+DEFAULT_QUESTIONS = ("how many shapes are there ?", "what color is the circle ?", "what color is the square ?",
+                     "where is the red circle ?", "is there a blue square ?", "what shape is the small green object ?",
+                     "what color appeared just before the red triangle ?", "is there a yellow circle ?")
 
 
 @dataclass

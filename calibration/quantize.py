@@ -106,8 +106,10 @@ def quantize_graph(src: str, dst: str, stage: str, settings: QuantSettings, feed
                             op_types_to_quantize=list(QUANT_OPS), per_channel=settings.per_channel,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, use_external_data_format=large,
-                            # TensorRT's explicit quantisation takes symmetric int8 scales only.
+                            # TensorRT's explicit quantisation takes symmetric int8 scales and float biases
+                            # (an int32 bias DQ is not a pattern it fuses).
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                           "QuantizeBias": False,
                                            "CalibPercentile": settings.percentile,
                                            "CalibTensorRangeSymmetric": True})
             return {"form": "static int8 QDQ (calibrated activations)", "calibrate_method": settings.calibrate_method,

@@ -55,7 +55,7 @@ class CalibrationSet:
     def frame(self, i: int) -> np.ndarray:
         """Frame i as uint8 [H, W, 3] RGB."""
         with Image.open(os.path.join(self.directory, self.entries[i]["frame"])) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.array(im.convert("RGB"), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
     def audio(self, i: int) -> np.ndarray | None:
         """The second of sound ending at frame i, float32 [16000]; None for a source without audio."""

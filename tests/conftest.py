@@ -15,6 +15,32 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen2_5_omni"]
 
 
+CALIB_METHOD = "uniform:ratio=0.33"
+
+
+@pytest.fixture(scope="session")
+def calib_export(tmp_path_factory):
+    """An fp32 ONNX export of the bundled LLaVA-OneVision reference model with uniform pruning (calibration tests
+    quantise and tune it; nothing may write into it)."""
+    from vlmedge.export import export_model
+    from vlmedge.models import from_pretrained
+    from vlmedge.models.reference_models import reference_dir
+
+    out = tmp_path_factory.mktemp("calib-export") / "fp32"
+    export_model(from_pretrained(reference_dir("llava_onevision")), str(out), CALIB_METHOD, log=lambda s: None)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def calib_set(tmp_path_factory):
+    """16 camworld frames (a training seed: never an evaluation stream) as a calibration set."""
+    from vlmedge.calibration.record import record
+
+    out = tmp_path_factory.mktemp("calib-set") / "set"
+    record("camworld:7", 16, str(out), min_change=0.0, progress=None)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_adapters():
     from vlmedge.models import tiny
