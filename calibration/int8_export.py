@@ -65,6 +65,7 @@ def quantize_export(export_dir: str, calib_dir: str, out_dir: str, settings: Qua
     if unknown:
         raise InputError(f"stage {unknown[0]!r} is not a graph of this export (graphs: {', '.join(graphs)})")
     calib = load_calibration(calib_dir)
+    _warn_overlap(calib.provenance, eval_seeds, log)
     cal_idx, held_idx = calib.split(held_out)
     method = m.method.spec
 
@@ -133,6 +134,15 @@ def quantize_export(export_dir: str, calib_dir: str, out_dir: str, settings: Qua
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging)
+
+
+def _warn_overlap(provenance: dict, seeds, log) -> None:
+    """A set recorded from a camworld evaluation seed the guard then scores on would calibrate on the test."""
+    seed = provenance.get("seed")
+    if provenance.get("kind") == "camworld" and seeds and isinstance(seed, int) and seeds[0] <= seed < seeds[1]:
+        log(f"[quantize] warning: the calibration set was recorded from camworld seed {seed}, one of the guard's "
+            f"evaluation seeds {seeds[0]}..{seeds[1] - 1}; its accuracy is optimistic. Record from a training seed "
+            "(< 1,000,000) or move --eval-seeds")
 
 
 def _write_manifest(m, directory: str, record: dict, file_entries):

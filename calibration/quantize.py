@@ -59,16 +59,26 @@ class QuantSettings:
 
 
 class _ListReader:
-    """ONNX Runtime's CalibrationDataReader over recorded feeds."""
+    """ONNX Runtime's CalibrationDataReader over recorded feeds, readable in ranges.
+
+    The LLM's feeds differ in shape from run to run (sequence and past lengths), and ORT's histogram collectors
+    (entropy, percentile) stack each tensor's values over one `collect_data` call, which fails on mixed shapes.
+    Reading one feed per call (`CalibStridedMinMax` = 1, which makes ORT call `set_range` then `collect_data`
+    per stride for every calibrator) keeps each call homogeneous; the collectors merge across calls.
+    """
 
     def __init__(self, feeds: list[dict]):
+        self._feeds = feeds
         self._it = iter(feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._feeds[start_index:end_index])
 
     def get_next(self):
         return next(self._it, None)
-
-    def rewind(self):  # pragma: no cover - called by some calibrators only
-        pass
 
 
 def quantize_graph(src: str, dst: str, stage: str, settings: QuantSettings, feeds: list[dict]) -> dict:
@@ -109,7 +119,7 @@ def quantize_graph(src: str, dst: str, stage: str, settings: QuantSettings, feed
                             # TensorRT's explicit quantisation takes symmetric int8 scales and float biases
                             # (an int32 bias DQ is not a pattern it fuses).
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False,
+                                           "QuantizeBias": False, "CalibStridedMinMax": 1,
                                            "CalibPercentile": settings.percentile,
                                            "CalibTensorRangeSymmetric": True})
             return {"form": "static int8 QDQ (calibrated activations)", "calibrate_method": settings.calibrate_method,

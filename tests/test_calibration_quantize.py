@@ -163,3 +163,13 @@ def test_rel_err():
     a = np.array([3.0, 4.0])
     assert guard_mod.rel_err(a, a) == 0.0
     assert guard_mod.rel_err(a, np.array([3.0, 4.5])) == pytest.approx(0.1)
+
+
+def test_calibrating_on_an_evaluation_stream_is_flagged():
+    from vlmedge.calibration.int8_export import _warn_overlap
+
+    said = []
+    _warn_overlap({"kind": "camworld", "seed": 1_000_005}, (1_000_000, 1_000_200), said.append)
+    _warn_overlap({"kind": "camworld", "seed": 7}, (1_000_000, 1_000_200), said.append)
+    _warn_overlap({"kind": "file", "seed": None}, (1_000_000, 1_000_200), said.append)
+    assert len(said) == 1 and "seed 1000005" in said[0] and "optimistic" in said[0]
