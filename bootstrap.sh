@@ -33,6 +33,7 @@ GI_DIR="$VENV/vlmedge-system-gi"
 GI_PTH_NAME="vlmedge-system-gi.pth"
 TORCH_SPEC="${VLMEDGE_TORCH_SPEC:-torch==2.13.0}"
 TORCH_INDEX_URL="${VLMEDGE_TORCH_INDEX_URL:-}"
+TRT_STUBS_VERSION=10.13.0.35.1
 APT_PACKAGES=(
     gstreamer1.0-tools
     gstreamer1.0-plugins-base
@@ -176,6 +177,9 @@ EOF
 
     log "installing vlmedge in editable mode with its dev extras"
     "${pip[@]}" install "${quiet[@]}" -c constraints.txt -e '.[dev,bench]'
+    # TensorRT's type stubs only: their package depends on TensorRT itself, whose libraries no package index
+    # here serves, so they come without dependencies (mypy checks export/trt against them; see tests).
+    "${pip[@]}" install "${quiet[@]}" --no-deps "tensorrt-stubs==$TRT_STUBS_VERSION"
     echo "$want" >"$STAMP"
 }
 

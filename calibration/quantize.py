@@ -18,6 +18,8 @@ weights where memory is what limits the board; on the tiny reference model it is
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -112,16 +114,17 @@ def quantize_graph(src: str, dst: str, stage: str, settings: QuantSettings, feed
                                  "is the calibration set empty, or does the export's method skip this stage?")
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                       "percentile": CalibrationMethod.Percentile}[settings.calibrate_method]
-            quantize_static(local, dst, _ListReader(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANT_OPS), per_channel=settings.per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method, use_external_data_format=large,
-                            # TensorRT's explicit quantisation takes symmetric int8 scales and float biases
-                            # (an int32 bias DQ is not a pattern it fuses).
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False, "CalibStridedMinMax": 1,
-                                           "CalibPercentile": settings.percentile,
-                                           "CalibTensorRangeSymmetric": True})
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print a line per feed
+                quantize_static(local, dst, _ListReader(feeds), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=list(QUANT_OPS), per_channel=settings.per_channel,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=method, use_external_data_format=large,
+                                # TensorRT's explicit quantisation takes symmetric int8 scales and float biases
+                                # (an int32 bias DQ is not a pattern it fuses).
+                                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                               "QuantizeBias": False, "CalibStridedMinMax": 1,
+                                               "CalibPercentile": settings.percentile,
+                                               "CalibTensorRangeSymmetric": True})
             return {"form": "static int8 QDQ (calibrated activations)", "calibrate_method": settings.calibrate_method,
                     "calibration_runs": len(feeds), "per_channel": settings.per_channel,
                     **({"percentile": settings.percentile} if settings.calibrate_method == "percentile" else {})}

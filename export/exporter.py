@@ -110,9 +110,12 @@ def target_plan(adapter, target: str, precision: str | None, method) -> tuple[st
 
 def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", precision: str | None = None,
                  opset: int = 18, exporter: str = "auto", force: bool = False, source: str | None = None,
-                 max_frames: int | None = None, check: bool = True,
+                 max_frames: int | None = None, check: bool = True, custom_ops: bool | None = None,
                  log: Callable[[str], None] = print) -> Manifest:
-    """Exports `adapter` for `method` into `out_dir` and returns the manifest it wrote."""
+    """Exports `adapter` for `method` into `out_dir` and returns the manifest it wrote.
+
+    `custom_ops` (default: on for GPU/Jetson targets, whose TensorRT plugins implement them) emits the `vlmedge`
+    op domain (export/ops/) where a stage has an op for a step; off, the same steps decompose to standard ops."""
     from vlmedge.compression import get_method
     from vlmedge.compression.base import runs_own_vision
 
@@ -123,8 +126,10 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     if memory_plan and max_frames is None:
         max_frames = memory_plan["max_frames"]
     _check_options(target, precision, opset, exporter, max_frames)
+    if custom_ops is None:  # TorchScript cannot translate them: an explicit torchscript export decomposes
+        custom_ops = target in GPU_TARGETS and exporter != "torchscript"
     job = ExportJob(adapter=adapter, method=method, out_dir=out_dir, precision=precision, opset=opset,
-                    exporter=exporter, check=check, log=log)
+                    exporter=exporter, check=check, custom_ops=bool(custom_ops), log=log)
     stages = plan(job)
     if runs_own_vision(method) and not any(s.handles_vision for s in stages):
         raise ExportError(f"method {method.name!r} changes how the vision tower runs and no export stage for it is "
@@ -164,9 +169,10 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     notes = list(job.notes)
     if adapter.has_audio and "audio" not in specs:
         notes.append("no audio stage yet: this export answers from video only (push_audio is unavailable)")
-    if target in GPU_TARGETS:
-        notes.append("TensorRT engines are not built by this version; the ONNX graphs run on ONNX Runtime "
-                     "(TensorRT / CUDA execution providers where installed)")
+    used = sorted({op for sp in specs.values() for op in sp.attrs.get("custom_ops", {}).get("ops", [])})
+    if used:
+        notes.append(f"graphs use vlmedge custom ops ({', '.join(used)}): ONNX Runtime runs them through "
+                     "onnxruntime-extensions (export/ops/onnxruntime_ops.py), TensorRT through the vlmedge plugins")
     if precision == "fp16" and target == "cpu":
         notes.append("fp16 graphs are meant for GPUs: ONNX Runtime's CPU provider lacks fp16 kernels for some ops")
     runtime = RuntimeInfo(prompt=prompt, positions=position_spec(adapter.positions), tokenizer=TOKENIZER_DIR,

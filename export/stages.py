@@ -48,6 +48,7 @@ class ExportJob:
     opset: int = 18
     exporter: str = "auto"  # "auto" (dynamo, then TorchScript), "dynamo" or "torchscript"
     check: bool = True  # run each graph once in ONNX Runtime against torch and record the error
+    custom_ops: bool = False  # emit `vlmedge` domain ops (export/ops/) where a stage has them, instead of decompositions
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
 
@@ -168,6 +169,11 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
     when it fails (the reason goes to the log and the manifest notes)."""
     path = os.path.join(job.out_dir, file)
     order = {"auto": ["dynamo", "torchscript"], "dynamo": ["dynamo"], "torchscript": ["torchscript"]}[job.exporter]
+    extra = {}
+    if job.custom_ops:  # the `vlmedge` ops translate through the dynamo exporter only (stages check the exporter)
+        from vlmedge.export.ops.torch_ops import TRANSLATION_TABLE
+
+        extra["custom_translation_table"] = TRANSLATION_TABLE
     errors: list[str] = []
     last: Exception | None = None
     for kind in order:
@@ -178,7 +184,7 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
                     torch.onnx.export(module, args, path, dynamo=True, input_names=input_names,
                                       output_names=output_names, opset_version=job.opset,
                                       dynamic_shapes=_dynamic_shapes(args, input_names, dynamic), optimize=True,
-                                      external_data=True)
+                                      external_data=True, **extra)
                 else:
                     axes = {n: {ax: d for ax, (d, _) in spec.items()} for n, spec in dynamic.items()}
                     torch.onnx.export(module, args, path, dynamo=False, input_names=input_names,
@@ -203,6 +209,25 @@ def export_onnx(job: ExportJob, stage: str, module: nn.Module, args: tuple, file
             _remove(path)
     raise ExportError(f"stage {stage!r} could not be exported to ONNX ({'; '.join(errors)}); "
                       "rerun with --debug for the full trace") from last
+
+
+def uses_custom_ops(path: str) -> list[str]:
+    """The `vlmedge` domain ops a graph file uses (empty for a standard-ops graph)."""
+    import onnx
+
+    from vlmedge.export.ops.reference import DOMAIN
+
+    model = onnx.load(path, load_external_data=False)
+    return sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+
+
+def custom_ops_attrs(path: str) -> dict:
+    """What a stage spec records about the `vlmedge` ops its graph uses: the runtime refuses a domain version
+    it does not implement."""
+    from vlmedge.export.ops.reference import DOMAIN, VERSION
+
+    ops = uses_custom_ops(path)
+    return {"custom_ops": {"domain": DOMAIN, "version": VERSION, "ops": ops}} if ops else {}
 
 
 def _name_outputs(path: str, names: list[str]) -> None:
@@ -268,7 +293,13 @@ def check_graph(job: ExportJob, stage: str, path: str, feeds: dict[str, np.ndarr
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+        if uses_custom_ops(path):
+            from vlmedge.export.ops import onnxruntime_ops
+
+            sess = onnxruntime_ops.inference_session(path, onnxruntime_ops.session_options(opts),
+                                                     providers=["CPUExecutionProvider"])
+        else:
+            sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
         got = sess.run(names, feeds)
     except Exception as err:  # noqa: BLE001
         msg = str(err).splitlines()[0][:200]

@@ -15,19 +15,20 @@ import os
 
 import torch
 
-from vlmedge.compression.stc.cacher import LayerRef, selective_layer
+from vlmedge.compression.stc.cacher import LayerRef, selective_from_indices, selective_layer
 from vlmedge.compression.stc.exported import SELECT_STAGE as STAGE
 from vlmedge.compression.stc.selection import num_dynamic
 from vlmedge.export.stages import (REF_NAMES, ExportError, StageExporter, VisionGraph, _stage_spec, check_graph,
-                                   export_onnx, register_stage, sdpa_as_4d)
+                                   custom_ops_attrs, export_onnx, register_stage, sdpa_as_4d)
 
 
 class STCSelectGraph(VisionGraph):
     """pixels + references → features, trailer, taps: the cacher's selective pass over every block."""
 
-    def __init__(self, adapter, ratio: float, taps=()):
+    def __init__(self, adapter, ratio: float, taps=(), custom_ops: bool = False):
         super().__init__(adapter, taps)
         self.ratio = float(ratio)
+        self.custom_ops = custom_ops
 
     def forward(self, pixels, ref_k, ref_v, ref_attn, ref_mlp):
         a = self.adapter
@@ -35,7 +36,14 @@ class STCSelectGraph(VisionGraph):
         got = {}
         for i, p in enumerate(self.parts):
             ref = LayerRef(k=ref_k[i], v=ref_v[i], attn=ref_attn[i], mlp=ref_mlp[i])
-            out, _ = selective_layer(p, a.vision_tokens(hidden), ref, self.ratio)
+            h = a.vision_tokens(hidden)
+            if self.custom_ops:  # one vlmedge::StcSelect node instead of the cosine + TopK + sort decomposition
+                x = p.norm1(h)
+                k = p.k(x)
+                idx = torch.ops.vlmedge.stc_select(k, ref.k, self.ratio)
+                out = selective_from_indices(p, h, ref, idx, x=x, k=k)
+            else:
+                out, _ = selective_layer(p, h, ref, self.ratio)
             hidden = a.vision_hidden(out, hidden)
             if i in self.tap_blocks:
                 got[i] = a.tap_to_raster(hidden, self.ctx)
@@ -59,7 +67,12 @@ class STCSelectStage(StageExporter):
             raise ExportError("stc: refresh_gate (our extension) is not exportable yet: the gate decides between "
                               "the two graphs from block 0's keys, which would need a third graph; export without it")
         taps = list(getattr(m, "taps", ()) or ())
-        graph = STCSelectGraph(a, m.ratio, taps).eval()
+        if job.custom_ops:
+            if job.exporter == "torchscript":
+                raise ExportError("custom ops (--custom-ops) need the dynamo exporter; drop --exporter torchscript "
+                                  "or export with --no-custom-ops")
+            import vlmedge.export.ops.torch_ops  # noqa: F401  (registers torch.ops.vlmedge.*)
+        graph = STCSelectGraph(a, m.ratio, taps, custom_ops=job.custom_ops).eval()
         refresh = VisionGraph(a, taps, refs=True).eval()
         h, w = a.frame_size
         g = torch.Generator().manual_seed(0)
@@ -77,5 +90,5 @@ class STCSelectStage(StageExporter):
         attrs = {"ratio": m.ratio, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
                  "vision_blocks": len(graph.parts), "taps": taps,
                  "references": "ref_k/ref_v/ref_attn/ref_mlp from the vision stage's refresh pass, [blocks, T, C]",
-                 "check": check}
+                 "check": check, **custom_ops_attrs(os.path.join(job.out_dir, self.file))}
         return _stage_spec(job, self.name, self.file, exporter, attrs)

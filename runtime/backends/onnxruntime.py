@@ -43,6 +43,23 @@ def choose_providers(requested=None) -> list[str]:
     return [p for p in PROVIDER_ORDER if p in available] or ["CPUExecutionProvider"]
 
 
+def session_options(threads: int | None = None):
+    """The options every stage session of an export gets (a fresh object each call: ORT's cannot be copied)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # warnings (e.g. fp16 constant folding on CPU) are not actionable
+    # ORT's worker threads spin after each run by default; between runs the session's own torch code (the
+    # compressor, the sampler) needs those cores. Measured on the reference model, 2 cores: with spinning
+    # the torch pruner took 6.3 ms per frame instead of 1.5 ms.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
 class OrtKVCache:
     """Per-layer keys/values as OrtValues `[1, kv_heads, seq, head_dim]`, with the two calls the session
     makes on a transformers cache: `get_seq_length()` and `crop(max_length)` (negative: drop that many)."""
@@ -100,7 +117,6 @@ class OrtAdapter:
     """The stage interface a session needs, served from an export directory by ONNX Runtime."""
 
     def __init__(self, export_dir: str, manifest: Manifest, providers=None, threads: int | None = None):
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self.export_dir = export_dir
@@ -123,18 +139,8 @@ class OrtAdapter:
                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
         self.providers = choose_providers(providers)
         self.device = "cuda" if any(x in self.providers for x in PROVIDER_ORDER[:2]) else "cpu"
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3  # warnings (e.g. fp16 constant folding on CPU) are not actionable
-        # ORT's worker threads spin after each run by default; between runs the session's own torch code (the
-        # compressor, the sampler) needs those cores. Measured on the reference model, 2 cores: with spinning
-        # the torch pruner took 6.3 ms per frame instead of 1.5 ms.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-
-        self._opts = opts
+        self._threads = threads
+        self._opts = session_options(threads)
         self._sessions: dict = {}
         self._watch = None  # watch_inputs(): calibration records each graph run's inputs
         self._features = None  # the audio stage's mel extractor, loaded on first use
@@ -168,8 +174,12 @@ class OrtAdapter:
             spec = self.manifest.stage(stage)
             if spec.kind != "onnx":
                 raise ManifestError(f"stage {stage!r} is a {spec.kind} file, not a graph")
-            self._sessions[stage] = ort.InferenceSession(os.path.join(self.export_dir, spec.file),
-                                                         sess_options=self._opts, providers=self.providers)
+            path = os.path.join(self.export_dir, spec.file)
+            if spec.attrs.get("custom_ops"):
+                self._sessions[stage] = _custom_ops_session(stage, spec.attrs["custom_ops"], path,
+                                                            session_options(self._threads), self.providers)
+            else:
+                self._sessions[stage] = ort.InferenceSession(path, sess_options=self._opts, providers=self.providers)
         return self._sessions[stage]
 
     def watch_inputs(self, fn) -> None:
@@ -293,6 +303,26 @@ class OrtAdapter:
         outs = binding.get_outputs()
         cache.values = list(outs[1:])
         return torch.from_numpy(outs[0].numpy()[0])
+
+
+def _custom_ops_session(stage: str, record: dict, path: str, opts, providers):
+    """A session for a graph with `vlmedge` domain ops: refused when the export's op version is not this
+    runtime's (the ops' semantics are versioned with the domain), else run with the onnxruntime-extensions
+    kernels (export/ops/onnxruntime_ops.py)."""
+    from vlmedge.export.ops.reference import DOMAIN, VERSION
+
+    if record.get("domain") != DOMAIN or int(record.get("version", -1)) != VERSION:
+        raise ManifestError(f"stage {stage!r} uses custom ops of {record.get('domain')!r} version "
+                            f"{record.get('version')}, but this vlmedge implements {DOMAIN!r} version {VERSION}; "
+                            "re-export with this vlmedge (or --no-custom-ops)")
+    try:
+        from vlmedge.export.ops import onnxruntime_ops
+    except ImportError as err:
+        raise ManifestError(f"stage {stage!r} uses vlmedge custom ops ({', '.join(record.get('ops', []))}) and "
+                            f"their ONNX Runtime kernels cannot load ({err}); `pip install onnxruntime-extensions` "
+                            "or re-export with --no-custom-ops") from None
+    return onnxruntime_ops.inference_session(path, onnxruntime_ops.session_options(opts),
+                                             providers=providers)
 
 
 def load_backend(export_dir: str, providers=None, verify: bool = True, threads: int | None = None) -> OrtAdapter:

@@ -1,6 +1,8 @@
 """`vlmedge export`: a model + a compression method → ONNX stage graphs, tokenizer and a validated manifest."""
 from __future__ import annotations
 
+import argparse
+
 import re
 
 
@@ -30,6 +32,9 @@ def register(sub) -> None:
                    help="ONNX exporter: auto tries dynamo, then TorchScript (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --tiny model (default: 0)")
     p.add_argument("--no-check", action="store_true", help="skip running each graph once in ONNX Runtime")
+    p.add_argument("--custom-ops", action=argparse.BooleanOptionalAction, default=None,
+                   help="emit vlmedge domain ops (e.g. StcSelect) where a stage has them; --no-custom-ops decomposes "
+                        "them into standard ONNX ops (default: on for GPU/Jetson targets, off for cpu)")
     p.add_argument("--force", action="store_true", help="replace the export in a non-empty --out directory")
     p.set_defaults(func=run)
 
@@ -83,7 +88,7 @@ def run(args) -> int:
         source = os.path.abspath(args.model)
     manifest = export_model(adapter, args.out, method, target=args.target, precision=args.precision,
                             opset=args.opset, exporter=args.exporter, force=args.force, source=source,
-                            max_frames=args.max_frames, check=not args.no_check,
+                            max_frames=args.max_frames, check=not args.no_check, custom_ops=args.custom_ops,
                             log=lambda m: print(m, flush=True))
     print(summary_table(manifest, args.out))
     return 0
