@@ -10,6 +10,11 @@ import onnx  # noqa: E402,F401
 import onnxruntime  # noqa: E402,F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton reads TRITON_INTERPRET when a kernel is decorated (when export/ops/triton_kernels.py is imported, by
+# whichever test module imports it first), so it is set here, before any test module loads: without CUDA the
+# kernels run under the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen2_5_omni"]
