@@ -155,6 +155,7 @@ def _write_manifest(m, directory: str, record: dict, file_entries):
         out.stages[name].attrs = {**out.stages[name].attrs, "quantization": info}
         out.stages[name].attrs.pop("check", None)  # the fp32 export's ORT-vs-torch check no longer describes it
     out.tuning = None  # a tuned setting was measured on the fp32 graphs; tune the int8 export again
+    out.engines = None  # engines of the fp32 graphs do not run the int8 ones; build them again from these
     out.files = file_entries(directory)
     out.notes = list(out.notes) + [f"int8 ({record['settings']['mode']}) from `vlmedge calibrate quantize`"]
     out.save(directory)

@@ -159,7 +159,14 @@ def replace_graph(directory: str, file: str) -> None:
 
 
 def copy_export(src: str, dst: str) -> None:
-    """The fp32 export's files (tokenizer, tables, graphs) into a fresh staging directory, manifest left out."""
+    """The fp32 export's files (tokenizer, tables, graphs) into a fresh staging directory; the manifest and any
+    TensorRT engines (built from the fp32 graphs, wrong for the int8 ones) are left out."""
     from vlmedge.export.manifest import MANIFEST_NAME
+    from vlmedge.export.trt.engine import ENGINE_SUFFIX
 
-    shutil.copytree(src, dst, ignore=lambda d, names: [MANIFEST_NAME] if os.path.samefile(d, src) else [])
+    def skip(d, names):
+        if not os.path.samefile(d, src):
+            return []
+        return [n for n in names if n == MANIFEST_NAME or n.endswith(ENGINE_SUFFIX)]
+
+    shutil.copytree(src, dst, ignore=skip)

@@ -8,7 +8,9 @@ and whose files are missing, resized or altered, with one line that says which a
 
 Schema history: 1 = first version (vision / llm / embed stages); 2 = precision "int8" (graphs quantised by
 `vlmedge calibrate quantize`, recorded in `quantization`) and `tuning` (the setting `vlmedge calibrate tune` chose).
-A version-1 manifest reads as version 2 with neither record.
+A version-1 manifest reads as version 2 with neither record. Schema 2 also carries an optional `engines` record
+(TensorRT engines built from the graphs on the device, `vlmedge build-engines`); it is optional because a reader
+that does not know it still runs the ONNX graphs correctly, so it needs no new schema version.
 """
 from __future__ import annotations
 
@@ -134,6 +136,7 @@ class Manifest:
     notes: list = field(default_factory=list)
     quantization: dict | None = None  # int8: mode, calibration set, per-stage settings, the accuracy guard's report
     tuning: dict | None = None  # `calibrate tune`: targets, the chosen method spec, the sweep
+    engines: dict | None = None  # {stage: record} of TensorRT engines (export/trt/engine.build_engines)
 
     # ----- writing -----
     def to_dict(self) -> dict:
@@ -227,6 +230,13 @@ class Manifest:
             for spec in st.inputs + st.outputs:
                 if spec.dtype not in DTYPES:
                     raise ManifestError(f"{where}: stage {key!r} tensor {spec.name!r} has unknown dtype {spec.dtype!r}")
+        for stage, rec in (self.engines or {}).items():
+            if stage not in self.stages:
+                raise ManifestError(f"{where}: engine record {stage!r} names no stage of this export")
+            file = rec.get("file") if isinstance(rec, dict) else None
+            if not isinstance(file, str) or file not in self.files:
+                raise ManifestError(f"{where}: the {stage!r} engine file {file!r} has no checksum entry in 'files'; "
+                                    "rebuild the engines (`vlmedge build-engines`)")
         tok = self.runtime.tokenizer
         if not any(r == tok or r.startswith(tok.rstrip("/") + "/") for r in self.files):
             raise ManifestError(f"{where}: the tokenizer folder {tok!r} has no files listed")

@@ -16,7 +16,7 @@ PROPERTIES = {
               "model directory (PyTorch), 'reference[:FAMILY]' (the bundled reference model) or 'tiny:FAMILY' (random "
               "weights, for plumbing tests). Loaded in NULL->READY; a bad value fails that state change with the reason",
               "reference", RW),
-    "backend": (str, "Backend", "auto (export directory: onnxruntime, else torch), torch or onnxruntime", "auto", RW),
+    "backend": (str, "Backend", "auto (export directory: its TensorRT engines where this machine runs them, else onnxruntime; other models: torch), torch, onnxruntime or tensorrt", "auto", RW),
     "method": (str, "Compression method",
                "Visual-token compression as NAME[:key=value,...], e.g. 'stc:ratio=0.25' or 'script:ratio=0.11'; "
                "methods: none, uniform, random, stc, omnizip, script, glimpse (see vlmedge eval --help)",

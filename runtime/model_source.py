@@ -1,6 +1,7 @@
 """One string names where a model comes from, for the CLI and the GStreamer element's `model` property.
 
-- a directory with `manifest.json`: an export directory (`vlmedge export`), served by ONNX Runtime;
+- a directory with `manifest.json`: an export directory (`vlmedge export`), served by its TensorRT engines where
+  this machine can run them (`vlmedge build-engines`), else by ONNX Runtime;
 - any other directory: a Hugging Face model directory, run with PyTorch;
 - `reference` or `reference:FAMILY`: the bundled reference model (trained on camworld);
 - `tiny:FAMILY`: a tiny randomly initialised model (tests and plumbing; its answers are noise).
@@ -11,7 +12,7 @@ import os
 
 from vlmedge.errors import InputError, ModelFileError
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_FAMILY = "llava_onevision"
 
 
@@ -42,8 +43,8 @@ def open_model(spec: str, backend: str = "auto", words=()):
         kind, family = named
         if family not in FAMILIES:
             raise InputError(f"unknown model family {family!r} in {spec!r}; families: {', '.join(FAMILIES)}")
-        if backend == "onnxruntime":
-            raise InputError(f"{spec!r} is a PyTorch model; the onnxruntime backend runs an export directory "
+        if backend in ("onnxruntime", "tensorrt"):
+            raise InputError(f"{spec!r} is a PyTorch model; the {backend} backend runs an export directory "
                              "(make one with `vlmedge export`)")
         if kind == "tiny":
             from vlmedge.models.tokenizer import BASE_WORDS
@@ -57,14 +58,15 @@ def open_model(spec: str, backend: str = "auto", words=()):
         raise ModelFileError(f"model {spec!r} is a file; give a directory ({describe_spec()})")
     exported = os.path.isfile(os.path.join(spec, "manifest.json"))
     if exported and backend == "torch":
-        raise InputError(f"{spec} is an export directory; it runs with backend 'onnxruntime' (or 'auto')")
-    if not exported and backend == "onnxruntime":
+        raise InputError(f"{spec} is an export directory; it runs with backend 'onnxruntime', 'tensorrt' (or 'auto')")
+    if not exported and backend in ("onnxruntime", "tensorrt"):
         raise InputError(f"{spec} has no manifest.json, so it is not an export directory; export it first with "
                          f"`vlmedge export --model {spec} --out DIR` or use backend 'torch'")
     if exported:
-        from vlmedge.runtime.backends import load_backend
+        from vlmedge.runtime.backends import load_backend, pick_backend
 
-        return load_backend(spec), f"export {spec} (ONNX Runtime)"
+        chosen = pick_backend(spec) if backend == "auto" else backend
+        return load_backend(spec, chosen), f"export {spec} ({'TensorRT' if chosen == 'tensorrt' else 'ONNX Runtime'})"
     return from_pretrained(spec), f"model {spec} (PyTorch)"
 
 

@@ -24,6 +24,17 @@ CALIB_METHOD = "uniform:ratio=0.33"
 
 
 @pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """An fp32 cpu-target export of the tiny LLaVA-OneVision (nothing may write into it)."""
+    from vlmedge.export import export_model
+    from vlmedge.models import tiny
+
+    out = tmp_path_factory.mktemp("trt-tiny") / "export"
+    export_model(tiny("llava_onevision"), str(out), "none", log=lambda s: None)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def calib_export(tmp_path_factory):
     """An fp32 ONNX export of the bundled LLaVA-OneVision reference model with uniform pruning (calibration tests
     quantise and tune it; nothing may write into it)."""

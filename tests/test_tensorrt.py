@@ -44,17 +44,6 @@ needs_gpu_trt = pytest.mark.skipif(
     % (torch.cuda.is_available(), E.tensorrt_available()))
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    """An fp32 cpu-target export of the tiny LLaVA-OneVision (nothing may write into it)."""
-    from vlmedge.export import export_model
-    from vlmedge.models import tiny
-
-    out = tmp_path_factory.mktemp("trt-tiny") / "export"
-    export_model(tiny("llava_onevision"), str(out), "none", log=lambda s: None)
-    return str(out)
-
-
 def _copy(src: str, dst) -> str:
     shutil.copytree(src, str(dst))
     return str(dst)

@@ -45,7 +45,6 @@ version than this runtime's (`PluginVersionError`, from `check_plugin_version`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -61,7 +60,6 @@ GPU_TARGETS = ("desktop", "orin-nano", "orin-nx", "orin-agx")
 JETSON_TARGETS = ("orin-nano", "orin-nx", "orin-agx")
 ORIN_CAPABILITY = (8, 7)
 ENGINE_SUFFIX = ".engine"
-ENGINES_KEY = "engines"  # where the record lives in manifest.json
 PROMPT_TOKENS = 512  # prompt + question allowance, as jetson/profiles.build_settings counts it
 DEFAULT_MAX_CONTEXT = 4096
 ROUND = 64  # profile bounds in multiples of 64 tokens (TensorRT's tactics like round sizes)
@@ -142,6 +140,22 @@ def require_cuda(export_dir: str | None = None) -> tuple[str, tuple[int, int]]:
             + ONNXRUNTIME_HINT.format(where=_where(export_dir)))
     cc = torch.cuda.get_device_capability()
     return torch.cuda.get_device_name(), (int(cc[0]), int(cc[1]))
+
+
+def engines_buildable(target: str, export_dir: str | None = None) -> tuple[bool, str]:
+    """(True, "") when this machine can build `target`'s engines now, else (False, why) — the reason is the error
+    `build_engines` would raise, so `vlmedge export --engines auto` can skip with the same words."""
+    if target not in GPU_TARGETS:
+        return False, f"target {target!r} runs with ONNX Runtime (engines are for {', '.join(GPU_TARGETS)})"
+    try:
+        require_tensorrt(export_dir)
+        device, cc = require_cuda(export_dir)
+    except TensorRTError as err:
+        return False, str(err)
+    if target in JETSON_TARGETS and cc != ORIN_CAPABILITY:
+        return False, (f"engines for {target} are built on the Jetson (this machine has {device}, sm_{cc[0]}{cc[1]}); "
+                       f"copy the export there and run `vlmedge build-engines {export_dir or 'DIR'}`")
+    return True, ""
 
 
 # ----- optimisation profiles -----
@@ -555,40 +569,31 @@ def build_engines(export_dir: str, target: str, precision: str = "fp16", workspa
 
 # ----- the manifest record -----
 def read_engine_record(export_dir: str, manifest: Any = None) -> dict | None:
-    """The engines record of an export: `manifest.engines` when the Manifest has that field, else the
-    "engines" object of manifest.json (older Manifest classes ignore keys they do not know)."""
-    rec = getattr(manifest, ENGINES_KEY, None) if manifest is not None else None
-    if rec:
-        return dict(rec)
-    from vlmedge.export.manifest import MANIFEST_NAME
+    """The engines record of an export ({stage: record}), or None when it has none."""
+    from vlmedge.export.manifest import Manifest
 
-    try:
-        with open(os.path.join(export_dir, MANIFEST_NAME)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    rec = data.get(ENGINES_KEY) if isinstance(data, dict) else None
-    return dict(rec) if isinstance(rec, dict) and rec else None
+    m = manifest if manifest is not None else Manifest.load(export_dir, verify=False)
+    return dict(m.engines) if m.engines else None
 
 
 def write_engine_record(export_dir: str, record: Mapping[str, Mapping]) -> str:
-    """Puts `record` into manifest.json under "engines" and the engine files into its checksummed "files"
-    (written atomically). Returns the manifest's path."""
-    from vlmedge.export.manifest import MANIFEST_NAME, sha256_file
+    """Puts `record` into manifest.json's `engines` and the engine files into its checksummed `files`, replacing an
+    earlier record (its engine files leave `files`; engines of stages not rebuilt are dropped). Written atomically.
+    Returns the manifest's path."""
+    from vlmedge.export.manifest import FileEntry, Manifest, sha256_file
 
-    path = os.path.join(export_dir, MANIFEST_NAME)
-    with open(path) as f:
-        data = json.load(f)
-    files = dict(data.get("files") or {})
+    m = Manifest.load(export_dir, verify=False)
+    for old in (m.engines or {}).values():
+        m.files.pop(str(old.get("file")), None)
     for stage, rec in record.items():
         full = os.path.join(export_dir, rec["file"])
         if not os.path.isfile(full):
             raise EngineBuildError(f"stage {stage!r}: {full} does not exist; build the engines first")
-        files[rec["file"]] = {"sha256": sha256_file(full), "bytes": os.path.getsize(full)}
-    data["files"] = dict(sorted(files.items()))
-    data[ENGINES_KEY] = {k: dict(v) for k, v in record.items()}
-    _write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-    return path
+        m.files[rec["file"]] = FileEntry(sha256=sha256_file(full), bytes=os.path.getsize(full))
+    m.files = dict(sorted(m.files.items()))
+    m.engines = {k: dict(v) for k, v in record.items()} or None
+    m._check(export_dir)
+    return m.save(export_dir)
 
 
 def _stage_records(record: Mapping) -> dict[str, Mapping]:
@@ -628,6 +633,6 @@ def check_engine_platform(record: Mapping, trt_version: str, capability: tuple[i
 
 __all__ = ["TensorRTError", "TensorRTMissingError", "NoCudaDeviceError", "EngineBuildError", "PluginVersionError",
            "EngineMismatchError", "GPU_TARGETS", "ContextLimits", "tensorrt_available", "require_tensorrt",
-           "require_cuda", "context_limits", "axis_ranges", "optimisation_profiles", "inspect_graph", "prepare_onnx",
+           "require_cuda", "engines_buildable", "context_limits", "axis_ranges", "optimisation_profiles", "inspect_graph", "prepare_onnx",
            "network_mode", "build_engine", "build_engines", "default_timing_cache", "read_engine_record",
            "write_engine_record", "check_plugin_version", "check_engine_platform", "trt_logger", "last_trt_error"]

@@ -35,6 +35,10 @@ def register(sub) -> None:
     p.add_argument("--custom-ops", action=argparse.BooleanOptionalAction, default=None,
                    help="emit vlmedge domain ops (e.g. StcSelect) where a stage has them; --no-custom-ops decomposes "
                         "them into standard ONNX ops (default: on for GPU/Jetson targets, off for cpu)")
+    p.add_argument("--engines", default="auto", choices=["auto", "build", "skip"],
+                   help="TensorRT engines for GPU/Jetson targets: build them after the export (needs TensorRT and "
+                        "the target's GPU; a Jetson target's engines are built on the Jetson), auto = build when this "
+                        "machine can, else say how to build them later with `vlmedge build-engines` (default: auto)")
     p.add_argument("--force", action="store_true", help="replace the export in a non-empty --out directory")
     p.set_defaults(func=run)
 
@@ -57,6 +61,7 @@ def run(args) -> int:
     from vlmedge.models.loading import adapter_class, from_pretrained, tiny
 
     method = get_method(args.method)  # a typo fails before any model loads
+    engines_now = _engines_now(args.engines, args.target, args.out)  # an impossible --engines build fails before
     size = _image_size(args.image_size)
     import os
 
@@ -91,4 +96,32 @@ def run(args) -> int:
                             max_frames=args.max_frames, check=not args.no_check, custom_ops=args.custom_ops,
                             log=lambda m: print(m, flush=True))
     print(summary_table(manifest, args.out))
+    if engines_now:
+        from vlmedge.export.trt.engine import build_engines, write_engine_record
+
+        record = build_engines(args.out, args.target, "fp16", log=lambda m: print(m, flush=True))
+        print(f"engines recorded in {write_engine_record(args.out, record)}")
+    elif args.engines == "auto" and args.target != "cpu":
+        print(f"TensorRT engines not built: {_engines_why(args.target, args.out)}\n  later, on the target: "
+              f"vlmedge build-engines {args.out}")
     return 0
+
+
+def _engines_why(target: str, out: str) -> str:
+    from vlmedge.export.trt.engine import engines_buildable
+
+    return engines_buildable(target, out)[1]
+
+
+def _engines_now(mode: str, target: str, out: str) -> bool:
+    """Whether to build engines after the export; `--engines build` that cannot happen here is an error now,
+    not after minutes of exporting."""
+    if mode == "skip" or (mode == "auto" and target == "cpu"):
+        return False
+    from vlmedge.errors import InputError
+    from vlmedge.export.trt.engine import engines_buildable
+
+    ok, why = engines_buildable(target, out)
+    if mode == "build" and not ok:
+        raise InputError(f"--engines build: {why}")
+    return ok
