@@ -122,6 +122,8 @@ def export_model(adapter, out_dir: str, method="none", *, target: str = "cpu", p
     method = get_method(method)
     for module in getattr(method, "export_modules", ()):  # stages a method brings register on import
         importlib.import_module(module)
+    if hasattr(method, "prepare_export"):  # e.g. GlimpsePrune loads its trained modules, whose taps the vision stage needs
+        method.prepare_export(adapter)
     precision, memory_plan = target_plan(adapter, target, precision, method)
     if memory_plan and max_frames is None:
         max_frames = memory_plan["max_frames"]

@@ -35,6 +35,9 @@ class Glimpse(Compressor):
 
     query_conditioned: ClassVar[bool] = True
     prunes_in_llm: ClassVar[bool] = True
+    plain_vision: ClassVar[bool] = True  # the adapter's own vision pass, with the taps the VIP reads
+    # an export adds llm_head / llm_tail / vip graphs; on an export directory `prefill` runs them (exported.py)
+    export_modules: ClassVar[tuple[str, ...]] = ("vlmedge.export.glimpse",)
 
     def __post_init__(self):
         def check(ok: bool, msg: str):
@@ -64,7 +67,18 @@ class Glimpse(Compressor):
             self._loaded[key] = (LayerRunner(adapter), mods)  # the VIP runs in fp32 (spec §10: fp32 logits)
         return self._loaded[key]
 
+    def prepare_export(self, adapter) -> None:
+        """Loads the trained modules for `vlmedge export`: the vision stage exports the taps they read, and the
+        glimpse stages bake them in (`taps`, `export_glimpse`)."""
+        _, mods = self.modules(adapter)
+        self.taps = list(mods.cfg.taps)
+        self.export_glimpse = mods
+
     def encode_frame(self, adapter, frame, state):
+        if not hasattr(adapter, "language_model"):  # an export directory
+            from vlmedge.compression.glimpse.exported import layout
+
+            return adapter.encode_frame(frame, taps=tuple(layout(adapter)["taps"]))
         _, mods = self.modules(adapter)
         return adapter.encode_frame(frame, taps=tuple(mods.cfg.taps))
 
@@ -75,6 +89,12 @@ class Glimpse(Compressor):
     @torch.no_grad()
     def prefill(self, adapter, cache, pieces):
         """Pruned prefill of `pieces` (prefill.Piece) into `cache`: (last logits, kept indices per frame piece)."""
+        if not hasattr(adapter, "language_model"):  # an export directory: the split-LLM graphs
+            from vlmedge.compression.glimpse.exported import prefill as prefill_exported
+
+            logits, keeps, _ = prefill_exported(adapter, cache, pieces, threshold=self.threshold,
+                                                max_ratio=self.max_ratio, min_keep=self.min_keep)
+            return logits, keeps
         from vlmedge.compression.glimpse.prefill import prefill
 
         runner, mods = self.modules(adapter)
