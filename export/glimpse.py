@@ -24,6 +24,7 @@ import os
 import torch
 from torch import nn
 
+from vlmedge.models.layer_runner import LayerRunner, query_key_logits, step_mask
 from vlmedge.export.stages import (ExportError, StageExporter, _stage_spec, check_graph, export_onnx, kv_shape,
                                    register_stage)
 
@@ -32,13 +33,6 @@ HEAD, TAIL, VIP_STAGE = "llm_head", "llm_tail", "vip"
 
 def kv_names(layers, kind: str) -> list[str]:
     return [f"{kind}_{part}_{i}" for i in layers for part in ("key", "value")]
-
-
-def _causal(p: int, n: int, dtype, device) -> torch.Tensor:
-    """Additive mask [1, 1, n, p + n]: every new row sees the cache and, causally, the new rows up to itself."""
-    rows = torch.arange(n, device=device).unsqueeze(1) + p
-    cols = torch.arange(p + n, device=device).unsqueeze(0)
-    return torch.where(cols <= rows, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
 
 
 def _glimpse_modules(job):
@@ -76,6 +70,7 @@ class GlimpseHeadGraph(_Layers):
     def __init__(self, adapter, mods):
         k = int(mods.cfg.select_layer)
         super().__init__(adapter, 0, k + 1)
+        self.runner = LayerRunner(adapter)
         with torch.no_grad():
             emb = torch.stack([mods.token.layer_embedding(i) for i in range(k + 1)])
         self.register_buffer("glimpse", emb.to(adapter.dtype), persistent=False)
@@ -86,7 +81,7 @@ class GlimpseHeadGraph(_Layers):
         hot = (torch.arange(n, device=x.device) == glimpse_row).to(x.dtype)[None, :, None]  # [1, n, 1]
         x = x * (1 - hot) + hot * self.glimpse[0]
         cache = self.cache(past)
-        mask = _causal(p, n, x.dtype, x.device)
+        mask = step_mask(p, n, x.dtype, x.device)
         cos, sin = self.lm.rotary_emb(x, position_ids)
         row = None
         for i in range(self.lo, self.hi):
@@ -97,24 +92,10 @@ class GlimpseHeadGraph(_Layers):
             out = self.lm.layers[i](x, attention_mask=mask, position_ids=None, past_key_values=cache, use_cache=True,
                                     position_embeddings=(cos, sin))
             x = out[0] if isinstance(out, tuple) else out
-        logits = _row_logits(self.lm.layers[self.hi - 1], row, cos.index_select(1, glimpse_row),
-                             sin.index_select(1, glimpse_row), cache.layers[self.hi - 1].keys)
+        # the same recomputation of the row's logits as the torch path (LayerRunner.attention_logits)
+        q = self.runner.queries(self.hi - 1, row, cos.index_select(1, glimpse_row), sin.index_select(1, glimpse_row))
+        logits = query_key_logits(q, cache.layers[self.hi - 1].keys)[0, :, 0]
         return (x, logits.float(), *self.present(cache))
-
-
-def _row_logits(layer, row, cos, sin, keys):
-    """`[heads, S]` raw logits of one query row (its layer input `[1, D]`) against `keys [1, kvH, S, hd]`, as
-    LayerRunner.attention_logits computes them for the torch path."""
-    import sys
-
-    from vlmedge.models.layer_runner import _default_rope, query_key_logits
-
-    attn = layer.self_attn
-    hd = int(attn.head_dim)
-    q = attn.q_proj(layer.input_layernorm(row)).view(1, 1, -1, hd).transpose(1, 2)
-    rope = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None) or _default_rope
-    q, _ = rope(q, q, cos, sin)
-    return query_key_logits(q, keys)[0, :, 0]
 
 
 class GlimpseTailGraph(_Layers):
@@ -125,7 +106,7 @@ class GlimpseTailGraph(_Layers):
     def forward(self, hidden, position_ids, logits_positions, past):
         n, p = hidden.shape[1], past[0].shape[2]
         cache = self.cache(past)
-        mask = _causal(p, n, hidden.dtype, hidden.device)
+        mask = step_mask(p, n, hidden.dtype, hidden.device)
         cos, sin = self.lm.rotary_emb(hidden, position_ids)
         x = hidden
         for i in range(self.lo, self.hi):

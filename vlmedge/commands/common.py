@@ -31,3 +31,10 @@ def load_model(args, words=()):
 
     spec, backend = model_spec(args)
     return open_model(spec, backend, words=words)
+
+
+def exported_method(export_dir: str) -> str:
+    """The method spec an export directory was made (or tuned) for: what `--engine` runs unless told otherwise."""
+    from vlmedge.export.manifest import Manifest
+
+    return Manifest.load(export_dir, verify=False).method.spec

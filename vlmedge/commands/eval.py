@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from vlmedge.commands.common import add_model_args, load_model
+from vlmedge.commands.common import add_model_args, exported_method, load_model
 
 
 def register(sub) -> None:
@@ -12,7 +12,8 @@ def register(sub) -> None:
                                    "and scores the answers per question type, with chance levels, tokens kept per "
                                    "frame, per-stage time and peak memory.")
     add_model_args(p)
-    p.add_argument("--method", default="none", help="compression method spec, e.g. uniform:ratio=0.25")
+    p.add_argument("--method", help="compression method spec, e.g. uniform:ratio=0.25 (default: none; with --engine "
+                                    "the method the export was made for)")
     p.add_argument("--seeds", default="1000000+200", help="START:END or START+COUNT (default %(default)s)")
     p.add_argument("--memory-budget", help="bound each stream by a planned memory budget, e.g. 6GiB")
     p.add_argument("--max-stream-tokens", type=int, help="bound each stream's KV to this many tokens (token store)")
@@ -32,6 +33,8 @@ def run(args) -> int:
     from vlmedge.runtime.evaluation import evaluate, parse_seed_range
 
     seeds = parse_seed_range(args.seeds)
+    if args.method is None:
+        args.method = exported_method(args.engine) if args.engine else "none"
     adapter, path = load_model(args)
 
     def progress(done, total):

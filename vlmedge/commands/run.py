@@ -9,7 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from vlmedge.commands.common import add_model_args, model_spec
+from vlmedge.commands.common import add_model_args, exported_method, model_spec
 
 
 def register(sub) -> None:
@@ -119,7 +119,7 @@ def run(args) -> int:
 
     family_of(model_spec(args)[0])  # a bad model or method is a one-line error here, before any pipeline exists
     if args.method is None:
-        args.method = _exported_method(args.engine) if args.engine else "stc"
+        args.method = exported_method(args.engine) if args.engine else "stc"
     get_method(args.method)
     # the element also logs answers and errors; here they are printed, so the log stays out of the terminal
     logging.getLogger("vlmedge.pipelines").addHandler(logging.NullHandler())
@@ -172,12 +172,6 @@ def _tegrastats():
 
     reader = TegrastatsReader(interval_ms=500, keep=1_000_000)
     return reader.start() if reader.available() else None
-
-
-def _exported_method(export_dir: str) -> str:
-    from vlmedge.export.manifest import Manifest
-
-    return Manifest.load(export_dir, verify=False).method.spec
 
 
 def _read_stdin(runner) -> None:
