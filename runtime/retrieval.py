@@ -15,27 +15,68 @@ from vlmedge.models.layer_runner import LayerRunner, query_key_logits
 from vlmedge.runtime.kv_tail import cut_layers_to
 
 
+def _score(q, keys):
+    """The question's strongest attention into the block: max over the block's keys of q·k/√d, mean over heads and
+    question tokens (ReKV's). Measured on the reference model (24 recall questions, 137 blocks, the evidence clip
+    among the 7 best): 0.75 at the middle layer with this score; 0.17 with max minus the block's mean."""
+    return query_key_logits(q, keys).amax(-1).float().mean()
+
+
 @torch.no_grad()
-def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, layer: int | None = None):
-    """One score per offloaded block for the question tokens `embeds [n, D]` at `ids [P, n]`."""
-    if not blocks:
-        return torch.zeros(0)
+def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, layer: int | None = None,
+                 live=None):
+    """One score per offloaded block for the question tokens `embeds [n, D]` at `ids [P, n]`; with `live` (a list
+    of blocks still in the cache, by their `start`/`length`; may be empty), `(offloaded scores, live scores)`."""
+    if not blocks and not live:
+        return torch.zeros(0) if live is None else (torch.zeros(0), torch.zeros(0))
     runner = LayerRunner(adapter)
     m = runner.num_layers // 2 if layer is None else layer
     start = cache.get_seq_length()
     try:
         _, q = runner.run(embeds, ids, cache, range(0, m + 1), capture_layer=m,
                           capture_rows=torch.arange(embeds.shape[0]), capture_queries=True)
+        keys = cache.layers[m].keys
+        live_scores = [_score(q, keys[:, :, b.start:b.start + b.length]) for b in live or ()]
     finally:
         cut_layers_to(cache, start)
-    return torch.stack([query_key_logits(q, b.kv[m][0].to(q.device)).amax(-1).float().mean() for b in blocks])
+    scores = torch.stack([_score(q, b.kv[m][0].to(q.device)) for b in blocks]) if blocks else torch.zeros(0)
+    if live is None:
+        return scores
+    return scores, torch.stack(live_scores) if live_scores else torch.zeros(0)
 
 
 def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
-    """Best-scoring blocks whose lengths fit `allowance`, returned in time order."""
+    """Best-scoring blocks whose lengths fit `allowance`, returned in time order (a focused question passes live
+    and offloaded blocks together, so they compete for the allowance)."""
     chosen, used = [], 0
     for i in torch.argsort(scores, descending=True, stable=True).tolist():
         if used + blocks[i].length <= allowance:
             chosen.append(i)
             used += blocks[i].length
     return [blocks[i] for i in sorted(chosen)]
+
+
+def focus(cache, prefix: int, parts) -> "callable":
+    """Makes the cache hold only its first `prefix` entries followed by `parts` (time order): a live block
+    `(start, length)` or an offloaded block's per-layer (keys, values). Returns the function that puts the full
+    cache back. The stream's own tensors are only set aside, never copied: the question's context is the only new
+    memory, and it is at most prefix + the retrieval allowance + the local blocks."""
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    for li, layer in enumerate(cache.layers):
+        k, v = saved[li]
+        ks, vs = [k[:, :, :prefix]], [v[:, :, :prefix]]
+        for part in parts:
+            if isinstance(part, tuple):
+                start, length = part
+                ks.append(k[:, :, start:start + length])
+                vs.append(v[:, :, start:start + length])
+            else:
+                ks.append(part[li][0].to(k.device, k.dtype))
+                vs.append(part[li][1].to(v.device, v.dtype))
+        layer.keys, layer.values = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
+
+    def restore():
+        for layer, (k, v) in zip(cache.layers, saved):
+            layer.keys, layer.values = k, v
+
+    return restore

@@ -37,11 +37,15 @@ class StreamingSession(WindowedStream, RequeryStream):
     def __init__(self, adapter, method="none", sample_fps: float | None = None, max_new_tokens: int = 16,
                  keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8,
                  memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1,
-                 eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0):
+                 eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0,
+                 retrieval: str = "append"):
         """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
         stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
         Without either the stream grows with every frame. `eviction` ("evict" or "offload"), `offload_tokens` and
-        `retrieve_tokens` choose what happens to blocks that leave (runtime/token_store.py)."""
+        `retrieve_tokens` choose what happens to blocks that leave (runtime/token_store.py). `retrieval` (offload
+        policy): "append" adds the best offloaded blocks to the whole cache for a question; "focus" answers from the
+        prompt and sink frames, the best blocks among live and offloaded ones within `retrieve_tokens`, and the
+        latest frames (runtime/retrieval.py `focus`)."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -83,8 +87,11 @@ class StreamingSession(WindowedStream, RequeryStream):
         if eviction == "offload" and not hasattr(adapter, "language_model"):
             raise InputError("the offload policy scores blocks with the PyTorch model's layers; this backend has "
                              "none (use eviction='evict')")
+        if retrieval not in ("append", "focus"):
+            raise InputError(f"retrieval must be 'append' or 'focus', got {retrieval!r}")
         self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
-                                 int(retrieve_tokens)) if max_stream_tokens is not None else None)
+                                 int(retrieve_tokens), focus=retrieval == "focus")
+                      if max_stream_tokens is not None else None)
         self._reported = (0, 0)  # store counters at the last question
         self._weights_bytes: int | None = None
         if self.query_conditioned and self.window_s is not None:
@@ -254,23 +261,41 @@ class StreamingSession(WindowedStream, RequeryStream):
         if self.store is not None:
             self.store.add(start, self.cache.get_seq_length() - start, kind, time_s)
 
-    def _retrieve(self, question: str, pos) -> tuple[int, int]:
-        """Offload policy: appends the offloaded blocks that best match `question` (for this question only; the
-        caller crops them away with it); returns (blocks, tokens). GlimpsePrune's fused prefill does not retrieve."""
+    def _retrieve(self, question: str, pos, may_focus: bool = True):
+        """Offload policy: the offloaded blocks that best match `question` join the cache for this question only
+        (the caller crops them away with it); with `retrieval="focus"` the question's cache is narrowed instead and
+        the returned function restores it. Returns (blocks retrieved from the host, their tokens, restore or None).
+        GlimpsePrune's fused prefill does not retrieve."""
         store = self.store
-        if store is None or store.policy != "offload" or not store.host:
-            return 0, 0
+        if store is None or store.policy != "offload" or not (store.host or store.focus):
+            return 0, 0, None
         from vlmedge.runtime.kv_tail import append_kv
-        from vlmedge.runtime.retrieval import choose, score_blocks
+        from vlmedge.runtime.retrieval import choose, focus, score_blocks
 
         ids = self.adapter.tokenize(self.adapter.prompt.question_template.format(question=question))
-        scores = score_blocks(self.adapter, self.cache, store.host, self.adapter.embed_text(ids),
-                              self.adapter.positions.text(pos.copy(), ids.numel()))
+        embeds, qpos = self.adapter.embed_text(ids), self.adapter.positions.text(pos.copy(), ids.numel())
+        live = store.blocks[store.sink_blocks:]
+        if store.focus and may_focus and live:
+            local = live[max(0, len(live) - store.local_blocks):]
+            older = live[:len(live) - len(local)]
+            host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos, live=older)
+            entries = store.host + older
+            picked = choose(entries, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
+            host_ids = {id(b) for b in store.host}
+            chosen = sorted(picked + local, key=lambda b: b.time_s)
+            restore = focus(self.cache, live[0].start,
+                            [b.kv if id(b) in host_ids else (b.start, b.length) for b in chosen])
+            from_host = [b for b in picked if id(b) in host_ids]
+            store.retrieved_blocks += len(from_host)
+            return len(from_host), sum(b.length for b in from_host), restore
+        if not store.host:
+            return 0, 0, None
+        scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos)
         chosen = choose(store.host, scores, store.retrieve_tokens)
         for b in chosen:
             append_kv(self.cache, b.kv)
         store.retrieved_blocks += len(chosen)
-        return len(chosen), sum(b.length for b in chosen)
+        return len(chosen), sum(b.length for b in chosen), None
 
     def memory(self) -> dict:
         """Bytes this stream accounts for: the model's weights (shared between sessions on one adapter), the
@@ -343,10 +368,14 @@ class StreamingSession(WindowedStream, RequeryStream):
                 cut_to(self.cache, start)
                 self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
-            retrieved = self._retrieve(question.strip(), pos) if logits is None else (0, 0)
+            got = self._retrieve(question.strip(), pos, may_focus=restore is None) if logits is None else (0, 0, None)
+            retrieved = got[:2]
+            if got[2] is not None:  # a focused question: the cache is narrowed until the answer is done
+                restore = got[2]
+                conditioned = self.cache.get_seq_length()
             t0 = time.perf_counter()
             if logits is None:
-                conditioned += retrieved[1]
+                conditioned += 0 if got[2] is not None else retrieved[1]
                 logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
             else:
                 t0 = tr  # the fused prefill above is the question's prefill
@@ -368,7 +397,9 @@ class StreamingSession(WindowedStream, RequeryStream):
                 logits = self._append(emb, self.adapter.positions.text(pos, 1))
             t2 = time.perf_counter()
         finally:
-            if restore is not None:
+            if callable(restore):  # the question's tokens went into the narrowed tensors, which are dropped
+                restore()
+            elif restore is not None:
                 restore_tail(self.cache, *restore)
             extra = self.cache.get_seq_length() - snapshot
             if extra > 0:

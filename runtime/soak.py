@@ -5,6 +5,13 @@ Every clip's questions are asked right after their frames. Reported per run: the
 (`StreamingSession.memory()`) and the process's resident memory over time against the budget, throughput, the
 token store's evictions/offloads/retrievals, and accuracy overall and on backward-tracing questions ("appeared":
 what entered before or last) split by whether their evidence frames were still in the cache when asked.
+
+Recall questions (`recall_after` clips > 0) measure what an eviction policy loses: a clip's "what color appeared
+just before the <colour> <shape> ?" is asked again `recall_after` clips later, when a small cache no longer holds
+that clip. A camworld clip only asks about objects whose name is unique in it, but later clips reuse names, so a
+recall question is dropped (counted as ambiguous) when the object it names shows up again before it is asked: the
+truth stays the clip's own. Every such question the clip supports is used, not only the balanced sample it asks. Each is scored by whether the evidence frames were still
+in the live cache (`recall_in_cache` / `recall_evicted`); `recall` is all of them, the same set under every policy.
 """
 from __future__ import annotations
 
@@ -59,22 +66,69 @@ class SoakReport:
         return {**asdict(self), "fps": self.fps}
 
 
+@dataclass
+class _Recall:
+    question: object
+    due: int  # the clip index before whose frames it is asked
+    name: str  # the object it names ("red square"): must not show up again until it is asked
+    evidence_s: float  # stream time of its first evidence frame
+
+
+def _recalls(clip, index: int, after: int, offset: float) -> list[_Recall]:
+    """Every distinct "appeared.before" question the clip supports (not only the balanced sample it asks)."""
+    from vlmedge.models.camworld.questions import candidates
+
+    out, seen = [], set()
+    for q in sorted(candidates(clip.world)["appeared"], key=lambda q: q.frame):
+        if q.template == "appeared.before" and len(q.refs) >= 2 and q.text not in seen:
+            seen.add(q.text)
+            out.append(_Recall(q, index + after, clip.objects[q.refs[1]].name(),
+                               offset + clip.frame_time(q.evidence_start)))
+    return out
+
+
+def _oldest_cached_s(session) -> float:
+    """Stream time of the oldest frame block still in the live cache (after the attention sinks)."""
+    store = session.store
+    if store is None or len(store.blocks) <= store.sink_blocks:
+        return 0.0
+    return store.blocks[store.sink_blocks].time_s
+
+
 def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget=None,
          max_stream_tokens: int | None = None, sink_frames: int = 1, offload_tokens: int = 0,
          retrieve_tokens: int = 0, seed_start: int = 1_000_000, sample_every_s: float = 60.0,
-         progress=None) -> SoakReport:
+         recall_after: int = 0, progress=None) -> SoakReport:
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
 
+    # "focus": the offload policy with focused questions (StreamingSession retrieval="focus")
     session = StreamingSession(adapter, method, max_new_tokens=3, memory_budget=memory_budget,
-                               max_stream_tokens=max_stream_tokens, sink_frames=sink_frames, eviction=policy,
-                               offload_tokens=offload_tokens, retrieve_tokens=retrieve_tokens)
-    hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": []}
+                               max_stream_tokens=max_stream_tokens, sink_frames=sink_frames,
+                               eviction="offload" if policy == "focus" else policy, offload_tokens=offload_tokens,
+                               retrieve_tokens=retrieve_tokens, retrieval="focus" if policy == "focus" else "append")
+    hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": [], "recall": [],
+                                    "recall_in_cache": [], "recall_evicted": []}
     samples, peak_tracked, peak_rss = [], 0, 0
     t_wall, offset, done, seed, next_sample = time.perf_counter(), 0.0, 0, seed_start, 0.0
+    pending: list[_Recall] = []
+    ambiguous = 0
+    clip_index = 0
     while done < frames:
         clip = camworld.generate(seed, split="eval")
         seed += 1
+        names = {o.name() for o in clip.objects}
+        for r in [r for r in pending if r.due == clip_index]:
+            pending.remove(r)
+            ok = float(session.ask(r.question.text).text.split()[:1] == [r.question.answer])
+            hits["recall"].append(ok)
+            hits["recall_in_cache" if r.evidence_s >= _oldest_cached_s(session) else "recall_evicted"].append(ok)
+        clashes = [r for r in pending if r.name in names]
+        ambiguous += len(clashes)
+        pending = [r for r in pending if r not in clashes]
+        if recall_after > 0:
+            pending += _recalls(clip, clip_index, recall_after, offset)
+        clip_index += 1
         qs = sorted((q for q in clip.questions if q.qtype in (camworld.QTYPES if adapter.has_audio
                                                               else camworld.VISUAL_QTYPES)), key=lambda q: q.frame)
         qi = 0
@@ -91,11 +145,9 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                 ok = float(ans.text.split()[:1] == [q.answer])
                 hits["overall"].append(ok)
                 if q.qtype == "appeared":
-                    store = session.store
-                    oldest = (store.blocks[store.sink_blocks].time_s if store is not None
-                              and len(store.blocks) > store.sink_blocks else 0.0)
                     evidence_t = offset + clip.frame_time(q.evidence_start)
-                    hits["backward_in_cache" if evidence_t >= oldest else "backward_evicted"].append(ok)
+                    hits["backward_in_cache" if evidence_t >= _oldest_cached_s(session)
+                         else "backward_evicted"].append(ok)
             m = session.memory()
             rss = rss_bytes()
             peak_tracked, peak_rss = max(peak_tracked, m["total"]), max(peak_rss, rss)
@@ -113,6 +165,7 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                       capacity_tokens=st.capacity_tokens if st else None, peak_tracked_bytes=int(peak_tracked),
                       peak_rss_bytes=int(peak_rss), samples=samples,
                       accuracy={k: float(np.mean(v)) if v else None for k, v in hits.items()},
-                      counts={k: len(v) for k, v in hits.items()},
+                      counts={**{k: len(v) for k, v in hits.items()}, "recall_ambiguous": ambiguous,
+                              "recall_after_clips": recall_after},
                       store={k: getattr(st, k) for k in ("evicted_blocks", "offloaded_blocks", "dropped_blocks",
                                                          "retrieved_blocks")} if st else {})

@@ -44,6 +44,8 @@ class TokenStore:
     policy: str = "evict"
     offload_tokens: int = 0  # host store bound (offload policy)
     retrieve_tokens: int = 0  # per-question retrieval bound (offload policy)
+    focus: bool = False  # a question sees prefix + best blocks + the latest `local_blocks` (retrieval.focus)
+    local_blocks: int = 2
     blocks: list[Block] = field(default_factory=list)
     host: list[Block] = field(default_factory=list)
     evicted_blocks: int = 0  # blocks that left the cache (offloaded ones included)

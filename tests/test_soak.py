@@ -7,7 +7,8 @@ from vlmedge.runtime.soak import soak
 @pytest.mark.parametrize("policy,extra", [("evict", {}), ("offload", {"offload_tokens": 80, "retrieve_tokens": 30})])
 def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     a = tiny_adapters["llava_onevision"]
-    r = soak(a, "uniform:ratio=0.25", 240, policy=policy, max_stream_tokens=100, sample_every_s=10.0, **extra)
+    r = soak(a, "uniform:ratio=0.25", 240, policy=policy, max_stream_tokens=100, sample_every_s=10.0,
+             recall_after=3, **extra)
     assert r.frames == 240 and r.stream_seconds == 120.0 and r.counts["overall"] > 20
     assert max(s["stream_tokens"] for s in r.samples) <= 100
     kv_cap = 100 * 512  # the store's capacity in bytes: 2 layers x 2 (K, V) x 2 heads x 16 x fp32 per token
@@ -17,3 +18,24 @@ def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     assert growth is not None and abs(growth) < 0.05  # resident memory flat once the store is full
     if policy == "offload":
         assert r.store["retrieved_blocks"] > 0 and r.store["dropped_blocks"] > 0
+    # recall questions: asked 3 clips later, when 100 tokens no longer hold their clip
+    c = r.counts
+    assert c["recall"] > 5 and c["recall"] == c["recall_in_cache"] + c["recall_evicted"]
+    assert c["recall_evicted"] == c["recall"] and c["recall_after_clips"] == 3
+
+
+def test_recall_questions_name_an_object_unique_in_their_clip():
+    from vlmedge.models import camworld
+    from vlmedge.runtime.soak import _recalls
+
+    found = 0
+    for seed in range(1_000_000, 1_000_010):
+        clip = camworld.generate(seed, split="eval")
+        for r in _recalls(clip, index=4, after=6, offset=100.0):
+            found += 1
+            q = r.question
+            assert q.template == "appeared.before" and r.due == 10 and r.evidence_s >= 100.0
+            assert [o.name() for o in clip.objects].count(r.name) == 1
+            assert q.text == f"what color appeared just before the {r.name} ?"
+            assert q.answer == clip.objects[q.refs[0]].colour
+    assert found >= 3

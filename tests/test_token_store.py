@@ -131,7 +131,8 @@ def test_offload_keeps_a_bounded_host_store_and_retrieves_for_a_question(tiny_ad
     ans = s.ask(Q, max_new_tokens=2)
     per_block = st.host[0].length  # 6 pooled tokens + the newline
     assert per_block == 7 and len(st.host) == 27 // 7
-    assert ans.retrieved_blocks == 18 // 7 and ans.retrieved_tokens == 14  # as many as the allowance holds
+    # as many as the allowance holds
+    assert ans.retrieved_blocks == 18 // 7 and ans.retrieved_tokens == 14
     assert ans.stream_tokens == n + 14
     assert s.stream_tokens == n
     for (k0, v0), (k1, v1) in zip(before, _kv(s)):
@@ -168,6 +169,7 @@ def test_retrieval_scores_the_block_the_question_attends_to(tiny_adapters):
     assert [b.time_s for b in choose(blocks, scores, 6)] == [1.0, 2.0]
 
 
+
 def test_offload_needs_sizes(tiny_adapters):
     with pytest.raises(InputError, match="offload_tokens"):
         StreamingSession(tiny_adapters["llava_onevision"], "none", max_stream_tokens=100, eviction="offload")
@@ -186,3 +188,45 @@ def test_the_offload_store_comes_out_of_the_budget(tiny_adapters):
     for i, f in enumerate(make_frames(40, h=8, w=8, seed=8)):
         s.push_frame(f, time_s=float(i))
     assert s.memory()["total"] <= plan.budget_bytes
+
+
+def test_live_blocks_score_like_the_same_keys_offloaded(tiny_adapters):
+    from vlmedge.models.positions import PositionState
+    from vlmedge.runtime.retrieval import score_blocks
+    from vlmedge.runtime.token_store import Block
+
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, "uniform:ratio=0.5")
+    for i, f in enumerate(make_frames(2, seed=3)):
+        s.push_frame(f, time_s=float(i))
+    cache, n = s.cache, s.stream_tokens
+    spans = [(0, 5), (5, n - 5)]
+    copies = [Block(st, ln, "frame", 0.0, [(layer.keys[:, :, st:st + ln].clone(), layer.values[:, :, st:st + ln])
+                                            for layer in cache.layers]) for st, ln in spans]
+    live = [Block(st, ln, "frame", 0.0) for st, ln in spans]
+    ids = a.tokenize(Q)
+    pos = a.positions.text(PositionState(), ids.numel())
+    with torch.no_grad():
+        off, on = score_blocks(a, cache, copies, a.embed_text(ids), pos, layer=1, live=live)
+    torch.testing.assert_close(on, off)
+    assert s.stream_tokens == n  # the question's partial prefill was cut away again
+
+
+def test_a_focused_question_sees_prefix_best_blocks_and_latest_frames(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, "uniform:ratio=0.5", max_stream_tokens=40, eviction="offload", offload_tokens=27,
+                         retrieve_tokens=14, retrieval="focus")
+    for i, f in enumerate(make_frames(10, seed=7)):
+        s.push_frame(f, time_s=float(i))
+    st = s.store
+    before, n = _kv(s), s.stream_tokens
+    prefix = st.blocks[st.sink_blocks].start
+    ans = s.ask(Q, max_new_tokens=2)
+    # the prompt and sink frame, two 7-token picks among older live and offloaded blocks, the latest 2 frames
+    assert ans.stream_tokens == prefix + 14 + 2 * 7
+    assert ans.retrieved_tokens == 7 * ans.retrieved_blocks <= 14
+    assert s.stream_tokens == n
+    for (k0, v0), (k1, v1) in zip(before, _kv(s)):  # the stream's cache is back, untouched
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    with pytest.raises(InputError, match="retrieval must be"):
+        StreamingSession(a, "none", max_stream_tokens=40, eviction="offload", offload_tokens=27, retrieval="all")

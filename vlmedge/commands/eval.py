@@ -21,6 +21,9 @@ def register(sub) -> None:
                    help="what a bounded stream does with blocks that leave (default %(default)s)")
     p.add_argument("--offload-tokens", type=int, default=0, help="offload policy: host store size in tokens")
     p.add_argument("--retrieve-tokens", type=int, default=0, help="offload policy: tokens retrieved per question")
+    p.add_argument("--retrieval", choices=["append", "focus"], default="append",
+                   help="offload policy: retrieved blocks join the cache (append) or a question sees only the prompt, "
+                        "the best blocks and the latest frames (focus) (default %(default)s)")
     p.add_argument("--standing-prompt", help="query-conditioned methods: the query frames are committed with")
     p.add_argument("--requery-frames", type=int, default=8,
                    help="query-conditioned methods: recent frames re-selected per question (default %(default)s)")
@@ -44,7 +47,8 @@ def run(args) -> int:
     report = evaluate(adapter, args.method, seeds, name=path, progress=progress, memory_budget=args.memory_budget,
                       max_stream_tokens=args.max_stream_tokens, standing_prompt=args.standing_prompt,
                       requery_frames=args.requery_frames, eviction=args.eviction,
-                      offload_tokens=args.offload_tokens, retrieve_tokens=args.retrieve_tokens)
+                      offload_tokens=args.offload_tokens, retrieve_tokens=args.retrieve_tokens,
+                      retrieval=args.retrieval)
     print(report.table())
     if args.json:
         text = report.to_json(with_answers=args.answers)

@@ -18,9 +18,15 @@ def register(sub) -> None:
     p.add_argument("--frames", type=int, default=7200, help="frames to play (default 7200: an hour at 2 fps)")
     p.add_argument("--memory-budget", help="e.g. 64MiB (default: --max-stream-tokens)")
     p.add_argument("--max-stream-tokens", type=int, default=2048, help="stream KV capacity when no budget is given")
-    p.add_argument("--policies", default="evict,offload", help="comma-separated: evict, offload")
+    p.add_argument("--policies", default="evict,offload,focus",
+                   help="comma-separated: evict, offload (retrieved blocks join the cache for a question), focus "
+                        "(offload; a question sees the prompt, the best blocks and the latest frames) "
+                        "(default %(default)s)")
     p.add_argument("--offload-tokens", type=int, default=8192)
     p.add_argument("--retrieve-tokens", type=int, default=512)
+    p.add_argument("--recall-after", type=int, default=8, metavar="CLIPS",
+                   help="ask each clip's 'what color appeared just before the ...' again this many clips later, "
+                        "when a small cache has dropped it (0: off; default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
     p.set_defaults(func=run)
 
@@ -41,13 +47,14 @@ def run(args) -> int:
 
         r = soak(adapter, args.method, args.frames, policy=policy,
                  memory_budget=args.memory_budget, max_stream_tokens=None if args.memory_budget else args.max_stream_tokens,
-                 offload_tokens=args.offload_tokens if policy == "offload" else 0,
-                 retrieve_tokens=args.retrieve_tokens if policy == "offload" else 0, progress=progress)
+                 offload_tokens=args.offload_tokens if policy in ("offload", "focus") else 0,
+                 retrieve_tokens=args.retrieve_tokens if policy in ("offload", "focus") else 0,
+                 recall_after=args.recall_after, progress=progress)
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
     print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
-          "(cached) | backward (evicted) | evicted | retrieved |")
-    print("|" + "---|" * 11)
+          "(cached) | backward (evicted) | recall (all) | recall (cached) | recall (evicted) | evicted | retrieved |")
+    print("|" + "---|" * 14)
     for r in reports:
         g = r.growth(600, 3600)
         acc = r.accuracy
@@ -56,6 +63,8 @@ def run(args) -> int:
               f"{human(r.budget_bytes) if r.budget_bytes else '–'} | {'–' if g is None else f'{g:+.1%}'} | "
               f"{fmt(acc['overall'])} | {fmt(acc['backward_in_cache'])} ({r.counts['backward_in_cache']}) | "
               f"{fmt(acc['backward_evicted'])} ({r.counts['backward_evicted']}) | "
+              f"{fmt(acc['recall'])} ({r.counts['recall']}) | {fmt(acc['recall_in_cache'])} "
+              f"({r.counts['recall_in_cache']}) | {fmt(acc['recall_evicted'])} ({r.counts['recall_evicted']}) | "
               f"{r.store.get('evicted_blocks', 0)} | {r.store.get('retrieved_blocks', 0)} |")
     if args.json:
         with open(args.json, "w") as f:
