@@ -115,7 +115,7 @@ def test_export_then_demo_and_eval_on_onnxruntime(tmp_path):
     assert res.returncode == 0, res.stderr
     res = _run(sys.executable, "-m", "vlmedge", "demo", "--engine", out, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "(onnxruntime)" in res.stdout and sum("A: " in ln for ln in res.stdout.splitlines()) == 5
+    assert "(auto)" in res.stdout and sum("A: " in ln for ln in res.stdout.splitlines()) == 5
     res = _run(sys.executable, "-m", "vlmedge", "eval", "--engine", out, "--seeds", "1000000+1", timeout=300)
     assert res.returncode == 0, res.stderr
     assert "overall" in res.stdout
