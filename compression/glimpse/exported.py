@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vlmedge.compression.glimpse.keep import keep_indices_multi
-from vlmedge.compression.glimpse.prefill import frame_taps, glimpse_ids
+from vlmedge.compression.glimpse.prefill import frame_taps, glimpse_ids, kept_rows
 from vlmedge.errors import InputError
 
 HEAD, TAIL, VIP_STAGE = "llm_head", "llm_tail", "vip"
@@ -73,17 +73,7 @@ def prefill(backend, cache, pieces, threshold: float = 0.5, max_ratio: float | N
         off += p.embeds.shape[0]
     keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep) if z else []
 
-    rows, off, f = [], 0, 0
-    for p in pieces:
-        m = p.embeds.shape[0]
-        if p.tokens is not None:
-            rows.append(off + keeps[f].to(torch.long))
-            rows.append(torch.arange(off + p.tokens.num_tokens, off + m))  # the trailer always stays
-            f += 1
-        elif p.keep:
-            rows.append(torch.arange(off, off + m))
-        off += m
-    keep = torch.cat(rows).numpy() if rows else np.zeros(0, np.int64)
+    keep = kept_rows(pieces, keeps).numpy()
     index = np.concatenate([np.arange(start), start + keep])
     pruned = [np.ascontiguousarray(np.asarray(out[f"present_{part}_{i}"])[:, :, index])
               for i in range(k + 1) for part in ("key", "value")]

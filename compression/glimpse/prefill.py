@@ -66,6 +66,22 @@ def frame_logits(mods, row: Tensor, pieces: list[Piece], start: int) -> list[Ten
     return out
 
 
+def kept_rows(pieces: list[Piece], keeps: list[Tensor]) -> Tensor:
+    """Rows of the stretch that stay: each frame's kept tokens and its trailer, text that is not
+    conditioning-only; the glimpse row (last) never."""
+    rows, off, f = [], 0, 0
+    for p in pieces:
+        n = p.embeds.shape[0]
+        if p.tokens is not None:
+            rows.append(off + keeps[f].to(torch.long))
+            rows.append(torch.arange(off + p.tokens.num_tokens, off + n))  # the trailer always stays
+            f += 1
+        elif p.keep:
+            rows.append(torch.arange(off, off + n))
+        off += n
+    return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+
+
 def prefill(runner: LayerRunner, mods, cache, pieces: list[Piece], threshold: float = 0.5,
             max_ratio: float | None = None, min_keep: int = 1):
     """Pruned prefill of `pieces` after what `cache` holds. Returns (logits of the last kept row, kept indices per
@@ -82,17 +98,7 @@ def prefill(runner: LayerRunner, mods, cache, pieces: list[Piece], threshold: fl
         z = frame_logits(mods, captured[0], pieces, start)
         keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep) if z else []
         found["z"], found["keeps"] = z, keeps
-        rows, off, f = [], 0, 0
-        for p in pieces:
-            n = p.embeds.shape[0]
-            if p.tokens is not None:
-                rows.append(off + keeps[f].to(torch.long))
-                rows.append(torch.arange(off + p.tokens.num_tokens, off + n))  # the trailer always stays
-                f += 1
-            elif p.keep:
-                rows.append(torch.arange(off, off + n))
-            off += n
-        return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        return kept_rows(pieces, keeps)
 
     logits, _, _ = split_prefill(runner, cache, embeds, ids, mods.cfg.select_layer, choose,
                                  extra=lambda layer, h: mods.token.add_before_layer(layer, h))
