@@ -10,7 +10,7 @@
 #      with apt-get (through sudo when not root; `apt-get update` runs only when something is missing);
 #   2. `.venv` is created when missing;
 #   3. torch is installed first (VLMEDGE_TORCH_SPEC, default torch==2.13.0), then `pip install -e '.[dev,bench]'`
-#      under the pinned versions of constraints.txt;
+#      under the pinned versions of constraints.txt, then the serving packages (PyTriton, tritonclient);
 #      this step is skipped while a stamp in .venv records the same hash of pyproject.toml, setup.py, this
 #      script and the torch settings;
 #   4. Debian's `gi` (PyGObject with the Gst overrides) is made importable from the venv through a folder of
@@ -22,6 +22,7 @@
 #   VLMEDGE_TORCH_INDEX_URL pip --index-url for the torch step only, e.g. https://download.pytorch.org/whl/cpu
 #                           for the CPU wheel, or .../whl/cu128 for a CUDA build (default: pip's configuration)
 #   VLMEDGE_SKIP_APT=1      do not touch Debian packages
+#   VLMEDGE_SKIP_SERVING=1  do not install PyTriton/tritonclient (`vlmedge serve`; its tests then skip)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +35,13 @@ GI_PTH_NAME="vlmedge-system-gi.pth"
 TORCH_SPEC="${VLMEDGE_TORCH_SPEC:-torch==2.13.0}"
 TORCH_INDEX_URL="${VLMEDGE_TORCH_INDEX_URL:-}"
 TRT_STUBS_VERSION=10.13.0.35.1
+# `vlmedge serve` (Triton Inference Server through PyTriton) and its client. PyTriton declares numpy<2, which
+# only its Python stub needs (runtime/serving/launch.py gives the stub a NumPy 1 environment of its own), and
+# tritonclient an old ml-dtypes it does not import for our datatypes: both come without dependencies, and their
+# real dependencies are listed here (pinned in constraints.txt).
+SERVING_NO_DEPS=(nvidia-pytriton==0.7.0 tritonclient==2.73.0)
+SERVING_DEPS=(pyzmq sh typing_inspect wrapt importlib_metadata grpcio python-rapidjson urllib3 aiohttp
+              geventhttpclient greenlet)
 APT_PACKAGES=(
     gstreamer1.0-tools
     gstreamer1.0-plugins-base
@@ -180,6 +188,13 @@ EOF
     # TensorRT's type stubs only: their package depends on TensorRT itself, whose libraries no package index
     # here serves, so they come without dependencies (mypy checks export/trt against them; see tests).
     "${pip[@]}" install "${quiet[@]}" --no-deps "tensorrt-stubs==$TRT_STUBS_VERSION"
+    if [[ "${VLMEDGE_SKIP_SERVING:-}" == 1 ]]; then
+        log "skipping the serving packages (VLMEDGE_SKIP_SERVING=1): vlmedge serve and its tests will not run"
+    else
+        log "installing the serving packages (PyTriton with its bundled Triton server, tritonclient)"
+        "${pip[@]}" install "${quiet[@]}" -c constraints.txt "${SERVING_DEPS[@]}"
+        "${pip[@]}" install "${quiet[@]}" --no-deps "${SERVING_NO_DEPS[@]}"
+    fi
     echo "$want" >"$STAMP"
 }
 

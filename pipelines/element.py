@@ -167,7 +167,18 @@ class VlmEdge(Gst.Element):
             self.adapter, self._loaded = None, None
         return ret
 
+    def _remote_split(self) -> str | None:
+        """None when the model runs here; else the server split, checked so a typo fails the state change."""
+        if not self.props_["server"].strip():
+            return None
+        split = self.props_["server-split"].strip() or "frames"
+        if split not in ("frames", "tokens"):
+            raise ValueError(f"server-split must be 'frames' or 'tokens', got {split!r}")
+        return split
+
     def _load(self) -> None:
+        if self._remote_split() == "frames":  # the server holds the model: nothing to load here
+            return
         key = (self.props_["model"], self.props_["backend"])
         if self._loaded == key:
             return
@@ -179,6 +190,19 @@ class VlmEdge(Gst.Element):
         Gst.info(f"vlmedge: loaded {self.model_note}")
 
     def _start_stream(self) -> None:
+        p = self.props_
+        worker = self._remote_worker() if self._remote_split() else self._local_worker()
+        self._reset_counters()
+        self.text = TextFeeder(self.textpad, f"{self.get_name()}/answers", int(p["answer-duration"] * Gst.SECOND))
+        self.text.start()
+        worker.start()
+        with self._lock:
+            self.worker = worker
+            early, self._early_questions = self._early_questions, []
+        for q in early:
+            worker.ask(q)
+
+    def _local_worker(self):
         from vlmedge.runtime import StreamingSession
 
         from .worker import InferenceWorker
@@ -187,19 +211,32 @@ class VlmEdge(Gst.Element):
         session = StreamingSession(self.adapter, p["method"] or "none", max_new_tokens=p["max-new-tokens"],
                                    standing_prompt=p["prompt"] or None, memory_budget=p["memory-budget"] or None,
                                    eviction=p["eviction"])
-        self._reset_counters()
-        self.text = TextFeeder(self.textpad, f"{self.get_name()}/answers", int(p["answer-duration"] * Gst.SECOND))
-        self.text.start()
-        worker = InferenceWorker(session, on_answer=self._on_answer, on_frame=self._on_frame,
-                                 on_warning=self._on_warning, on_error=self._on_error, drop_frames=p["drop-frames"],
-                                 prompt=p["prompt"] or None, prompt_interval_s=p["prompt-interval"],
-                                 audio_wait_s=p["audio-wait"])
-        worker.start()
-        with self._lock:
-            self.worker = worker
-            early, self._early_questions = self._early_questions, []
-        for q in early:
-            worker.ask(q)
+        return InferenceWorker(session, on_answer=self._on_answer, on_frame=self._on_frame,
+                               on_warning=self._on_warning, on_error=self._on_error, drop_frames=p["drop-frames"],
+                               prompt=p["prompt"] or None, prompt_interval_s=p["prompt-interval"],
+                               audio_wait_s=p["audio-wait"])
+
+    def _remote_worker(self):
+        """The model on a `vlmedge serve` server: same callbacks and counters as the local worker. The server's
+        own session settings (method, memory budget, answer length) apply; with the tokens split the vision
+        tower and compressor run here. This element already samples at sample-fps, so the edge encoder takes
+        every frame it is handed."""
+        import uuid
+
+        from vlmedge.runtime.serving.remote_worker import RemoteWorker
+
+        p = self.props_
+        edge = None
+        split = self._remote_split()
+        if split == "tokens":
+            from vlmedge.runtime.serving.tokens_split import EdgeEncoder
+
+            edge = EdgeEncoder(self.adapter, p["method"] or "none", sample_fps=None)
+        stream_id = p["stream-id"].strip() or f"{self.get_name()}-{uuid.uuid4().hex[:8]}"
+        return RemoteWorker(p["server"].strip(), stream_id, on_answer=self._on_answer, on_frame=self._on_frame,
+                            on_warning=self._on_warning, on_error=self._on_error, drop_frames=p["drop-frames"],
+                            prompt=p["prompt"] or None, prompt_interval_s=p["prompt-interval"], split=split,
+                            edge=edge)
 
     def _stop_stream(self) -> None:
         with self._lock:

@@ -46,6 +46,19 @@ PROPERTIES = {
                         0.1, 3600.0, 3.0, RW),
     "audio-wait": (float, "Audio wait", "Seconds the model waits for audio that lags the video before encoding a "
                                         "frame without it (omni models)", 0.0, 60.0, 1.0, RW),
+    "server": (str, "Server",
+               "HOST:PORT of a `vlmedge serve` gRPC endpoint (or a Triton server with vlmedge's models). Set: sampled "
+               "frames, or their kept visual tokens (server-split), go to the server and answers come back on the "
+               "bus and text_src as they would locally; a lost connection is retried with back-off and posted as a "
+               "warning, and frames that cannot be sent are dropped and counted in frames-dropped. Audio stays "
+               "local and is not sent. Empty: the model runs in this process", "", RW),
+    "server-split": (str, "Server split",
+                     "With server: 'frames' (the server runs the vision tower, compression and LLM; model and "
+                     "method here are not used) or 'tokens' (this machine runs the vision tower and compressor of "
+                     "model and method, and only the kept visual tokens travel; per-frame methods such as stc, "
+                     "uniform, random)", "frames", RW),
+    "stream-id": (str, "Stream id", "With server: this stream's name on the server, unique among its streams "
+                                    "(empty: the element's name with a random suffix)", "", RW),
     "frame-stats": (bool, "Frame statistics", "Post a vlmedge-frame bus message per processed frame (tokens in and "
                                               "kept, encode/compress/prefill ms)", False, RW),
     "frames-in": (U64, "Frames in", "Video buffers received", 0, 2 ** 64 - 1, 0, RO),
@@ -62,4 +75,4 @@ PROPERTIES = {
 READ_ONLY_STATS = {name for name, spec in PROPERTIES.items() if spec[-1] == RO}
 # Settings a running stream was built with; changing them applies from the next READY -> PAUSED.
 RESTART_PROPS = {"model", "backend", "method", "memory-budget", "eviction", "max-new-tokens", "answer-duration",
-                 "audio-wait"}
+                 "audio-wait", "server", "server-split", "stream-id"}

@@ -303,6 +303,50 @@ def test_remote_worker_stands_in_for_the_elements_inference_worker(server, adapt
     assert worker.stats.frames_processed == len(stream.frames) and worker.stats.frames_dropped == 0
 
 
+def _run_json(argv, capsys, monkeypatch) -> tuple[list[dict], str]:
+    import io
+
+    from vlmedge.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["run", *argv, "--json"]) == 0
+    out = capsys.readouterr()
+    return [json.loads(ln) for ln in out.out.splitlines() if ln.startswith("{")], out.err
+
+
+@pytest.mark.parametrize("split", ["frames", "tokens"])
+def test_vlmedge_run_with_server_answers_like_the_local_element(server, capsys, monkeypatch, split):
+    pytest.importorskip("gi")
+    seed = SEEDS[0]
+    common = ["--model", "reference", "--method", METHOD, "--max-new-tokens", "16", "--source", f"camworld:{seed}"]
+    local, _ = _run_json(common, capsys, monkeypatch)
+    remote, _ = _run_json([*common, "--server", server.url, "--server-split", split, "--stream-id", f"run-{split}"],
+                       capsys, monkeypatch)
+
+    def answers(lines):
+        return sorted((a["question"], a["answer"], a["frames"]) for a in lines if a["type"] == "answer")
+
+    assert answers(remote) == answers(local) and len(answers(local)) == len(camworld.generate(seed, split="eval").questions)
+    assert remote[0]["element"]["server"] == server.url and all(a.get("server") == server.url
+                                                                 for a in remote if a["type"] == "answer")
+    st = remote[-1]
+    assert st["eos"] and st["frames-dropped"] == 0 and st["frames-processed"] == local[-1]["frames-processed"]
+    frames = [ln for ln in remote if ln["type"] == "frame"]
+    assert [f["tokens_kept"] for f in frames] == [f["tokens_kept"] for f in local if f["type"] == "frame"]
+
+
+def test_vlmedge_run_with_an_unreachable_server_drops_and_counts_frames_and_ends(capsys, monkeypatch):
+    pytest.importorskip("gi")
+    seed = SEEDS[2]
+    port = _free_ports(1)[0]  # nothing listens there
+    lines, err = _run_json(["--source", f"camworld:{seed}", "--server", f"127.0.0.1:{port}"], capsys, monkeypatch)
+    n = len(camworld.generate(seed, split="eval").frames)
+    st = lines[-1]
+    assert st["eos"] and st["frames-in"] == st["frames-out"] == n  # the video went through untouched
+    assert st["frames-sampled"] == st["frames-dropped"] > 0 and st["frames-processed"] == 0 and st["answers"] == 0
+    assert "cannot reach the server" in err and "questions not answered" in err
+
+
 @pytest.mark.slow
 def test_lost_connection_is_retried_reported_and_frames_counted_as_dropped(tmp_path):
     srv = Server(_free_ports(3))

@@ -201,6 +201,8 @@ class ServerClient:
         self.events: collections.deque = collections.deque(maxlen=200)
         self.server_id: str | None = None
         self.connected = False
+        # monotonic time since which the server has been unreachable (None: connected, or not tried yet)
+        self.unreachable_since: float | None = None
         self._client: Any = None  # tritonclient.grpc.InferenceServerClient once connected
         self._last_refusal: str | None = None
         self._queue: collections.deque = collections.deque()  # ("frame", frame, t) | ("ask", AnswerStream)
@@ -223,8 +225,9 @@ class ServerClient:
             if self._stop:
                 raise VlmedgeError("this ServerClient is closed")
             self.stats.frames_submitted += 1
+            # back-pressure only while the server is reachable: waiting on a dead server would stall the caller
             while (sum(it[0] == "frame" for it in self._queue) >= self.queue_frames and not self._stop
-                   and time.monotonic() < end):
+                   and self.reachable and time.monotonic() < end):
                 self._cv.wait(max(0.0, end - time.monotonic()))
             frames = [it for it in self._queue if it[0] == "frame"]
             if len(frames) >= self.queue_frames:
@@ -257,6 +260,25 @@ class ServerClient:
                     return False
                 self._cv.wait(left)
         return True
+
+    @property
+    def reachable(self) -> bool:
+        """False once a connection attempt has failed, until one succeeds."""
+        return self.connected or self.unreachable_since is None
+
+    def abandon(self, reason: str) -> tuple[int, int]:
+        """Gives up on what is queued (end of stream with the server down): queued frames are dropped and counted
+        in stats.frames_dropped_queue, queued questions fail with `reason`. Returns (frames, questions)."""
+        with self._cv:
+            frames = sum(it[0] == "frame" for it in self._queue)
+            asks = [it[1] for it in self._queue if it[0] == "ask"]
+            self._queue.clear()
+            self.stats.frames_dropped_queue += frames
+            self.stats.ask_errors += len(asks)
+            self._cv.notify_all()
+        for stream in asks:
+            stream._fail(ServerUnavailable(f"{reason}; the question {stream.question!r} was not answered"))
+        return frames, len(asks)
 
     def discard_frames(self) -> int:
         """Drops every queued frame (a seek: they are from before it); returns how many. Not counted as dropped."""
@@ -321,6 +343,11 @@ class ServerClient:
                     return
             if not self.connected:
                 if not self._connect():
+                    if self.unreachable_since is None:  # said once per outage, not on every retry
+                        self.unreachable_since = time.monotonic()
+                        self._event("unreachable", f"cannot reach the server at {self.url}; retrying with back-off "
+                                                   f"(at most {self.queue_frames} frames wait, older ones are "
+                                                   "dropped and counted)")
                     self._expire_asks()
                     with self._cv:
                         self._cv.wait(backoff)  # a close() wakes it early
@@ -362,6 +389,7 @@ class ServerClient:
     def _lost(self, err) -> None:
         if self.connected:
             self.stats.connection_losses += 1
+            self.unreachable_since = time.monotonic()
             self._event("connection-lost", f"{self.url}: {getattr(err, 'message', lambda: err)()}; retrying with back-off")
         self.connected = False
 
@@ -396,6 +424,7 @@ class ServerClient:
             self._event("reconnected", f"{self.url} (server {result['server_id']})")
         self.server_id = result["server_id"]
         self.connected = True
+        self.unreachable_since = None
         self._last_refusal = None
         return True
 

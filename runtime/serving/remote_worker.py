@@ -21,7 +21,8 @@ from .client import ServerClient
 class RemoteWorker:
     def __init__(self, url: str, stream_id: str, on_answer, on_frame=None, on_warning=None, on_error=None,
                  drop_frames: bool = True, prompt: str | None = None, prompt_interval_s: float = 0.0,
-                 split: str = "frames", edge=None, queue_frames: int = 1, backpressure_s: float = 30.0):
+                 split: str = "frames", edge=None, queue_frames: int = 1, backpressure_s: float = 30.0,
+                 eos_wait_s: float = 10.0):
         self.on_answer, self.on_frame = on_answer, on_frame
         self.on_warning = on_warning or (lambda msg: None)
         self.on_error = on_error or (lambda msg: None)
@@ -29,6 +30,9 @@ class RemoteWorker:
         self.prompt = prompt or None
         self.prompt_interval_s = float(prompt_interval_s)
         self.backpressure_s = backpressure_s
+        # End of stream with the server down waits this long for it to come back, then drops what is queued
+        # (counted, and said in a warning): EOS must not hang on a dead server.
+        self.eos_wait_s = eos_wait_s
         self.audio = None  # the element sends no audio to a remote worker
         self.stats = WorkerStats()
         self.error: str | None = None
@@ -57,10 +61,10 @@ class RemoteWorker:
             self.on_warning(f"frame at {time_s:.3f}s is before the stream start {self._origin:.3f}s; skipped")
             return True
         self.stats.frames_submitted += 1
-        before = self.client.stats.frames_dropped_queue
-        # drop_frames: latest wins (a live camera); otherwise wait for room (files: every sampled frame is used)
+        # drop_frames: latest wins (a live camera); otherwise wait for room (files: every sampled frame is used),
+        # but only while the server is reachable
         self.client.push_frame(frame, rel, wait_s=0.0 if self.drop_frames else self.backpressure_s)
-        self.stats.frames_dropped += self.client.stats.frames_dropped_queue - before
+        self._sync_drops()
         if self.prompt and self.prompt_interval_s > 0:
             if self._next_prompt is None:
                 self._next_prompt = rel + self.prompt_interval_s
@@ -96,8 +100,20 @@ class RemoteWorker:
     def finish(self, timeout: float | None = None) -> bool:
         if self.prompt and self.prompt_interval_s <= 0 and self._origin is not None:
             self.ask(self.prompt, "prompt")
-        ok = self.client.flush(timeout if timeout is not None else 3600.0)
         end = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        ok = False
+        while time.monotonic() < end:
+            if self.client.flush(min(0.5, max(0.0, end - time.monotonic()))):
+                ok = True
+                break
+            down = self.client.unreachable_since
+            if not self.client.reachable and down is not None and time.monotonic() - down >= self.eos_wait_s:
+                frames, asks = self.client.abandon(f"end of stream: the server at {self.client.url} has been "
+                                                   f"unreachable for {time.monotonic() - down:.0f} s")
+                self.on_warning(f"end of stream with the server at {self.client.url} unreachable: {frames} queued "
+                                f"frames dropped, {asks} questions not answered")
+                break
+        self._sync_drops()
         with self._cv:
             while self._answers and time.monotonic() < end:
                 self._cv.wait(0.1)
@@ -115,6 +131,10 @@ class RemoteWorker:
     def pending(self) -> int:
         return self.client.pending + len(self._answers)
 
+    def _sync_drops(self) -> None:
+        """Frames the client dropped: pushed out of its queue, lost in flight, or abandoned at end of stream."""
+        self.stats.frames_dropped = self.client.stats.frames_dropped
+
     # ----- from the client -----
     def _event(self, kind: str, message: str) -> None:
         self.on_warning(f"server {self.client.url}: {kind}: {message}")
@@ -127,6 +147,7 @@ class RemoteWorker:
         if not out["sampled"]:
             return
         now = time.monotonic()
+        self._sync_drops()
         self.stats.frames_processed += 1
         self.stats.first_frame_wall = self.stats.first_frame_wall or now
         self.stats.last_frame_wall = now

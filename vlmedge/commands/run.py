@@ -48,6 +48,15 @@ def register(sub) -> None:
                         "question-to-answer latency")
     p.add_argument("--print-pipeline", action="store_true",
                    help="print the equivalent gst-launch-1.0 command and exit")
+    p.add_argument("--server", metavar="HOST:PORT",
+                   help="answer on a `vlmedge serve` server (its gRPC port) instead of in this process; a lost "
+                        "connection is retried and reported, frames that cannot be sent are dropped and counted")
+    p.add_argument("--server-split", choices=("frames", "tokens"), default="frames",
+                   help="with --server: send sampled frames (the server runs everything), or run the vision tower "
+                        "and compressor of --model/--method here and send only the kept visual tokens "
+                        "(per-frame methods; default: %(default)s)")
+    p.add_argument("--stream-id", default="", help="with --server: this stream's name on the server "
+                                                   "(default: a random one)")
     p.add_argument("--keep-media", help="camworld: write the clip here (.mkv) instead of a temporary file")
     p.set_defaults(func=run)
 
@@ -76,6 +85,8 @@ def build_spec(args, source: str, audio: bool):
         element["memory_budget"] = args.memory_budget
     if args.prompt:
         element.update(prompt=args.prompt, prompt_interval=args.prompt_interval)
+    if args.server:
+        element.update(server=args.server, server_split=args.server_split, stream_id=args.stream_id or None)
     kind = source_kind(source)
     return RunSpec(source=source, element=element, audio=audio, display=args.display,
                    realtime=args.live or kind not in ("file", "camworld"), num_buffers=args.num_buffers)
@@ -124,13 +135,15 @@ def run(args) -> int:
     # the element also logs answers and errors; here they are printed, so the log stays out of the terminal
     logging.getLogger("vlmedge.pipelines").addHandler(logging.NullHandler())
     logging.getLogger("vlmedge.pipelines").propagate = bool(getattr(args, "debug", False))
+    logging.getLogger("vlmedge.serving").propagate = bool(getattr(args, "debug", False))  # also warnings here
     out = _Printer(args)
     with tempfile.TemporaryDirectory(prefix="vlmedge-run-") as tmp:
         source, stream = args.source, None
         if source.startswith("camworld:"):
             stream, path = _camworld(source, args.keep_media, tmp)
             source = str(path)
-        audio = has_audio(model_spec(args)[0]) and _source_has_audio(source)
+        # a server gets no audio (see the element's `server` property)
+        audio = not args.server and has_audio(model_spec(args)[0]) and _source_has_audio(source)
         spec = build_spec(args, source, audio)
         if args.print_pipeline:
             if stream is not None and not args.keep_media:
@@ -205,8 +218,13 @@ class _Printer:
             self._json("start", {"source": source, "element": spec.element, "audio": spec.audio})
             return
         e = spec.element
-        print(f"vlmedge run: {source} -> model {e['model']} ({e['backend']}), method {e['method']}, "
-              f"{e['sample_fps']:g} fps sampled{', with audio' if spec.audio else ''}", flush=True)
+        if e.get("server"):
+            where = f"server {e['server']} ({e['server_split']} split" + (
+                f", vision + {e['method']} here with model {e['model']})" if e["server_split"] == "tokens" else ")")
+        else:
+            where = f"model {e['model']} ({e['backend']}), method {e['method']}"
+        print(f"vlmedge run: {source} -> {where}, {e['sample_fps']:g} fps sampled"
+              f"{', with audio' if spec.audio else ''}", flush=True)
         if self.args.frames:
             print(f"{'frame':>5} {'time s':>7} {'tokens':>7} {'kept':>5} {'encode ms':>10} {'compress ms':>12} "
                   f"{'prefill ms':>11}", flush=True)
