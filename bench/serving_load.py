@@ -41,20 +41,9 @@ def _free_ports(n):
 
 
 def _tree_rss_mb(pid: int) -> float:
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    tree, todo = {pid}, [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        tree.update(kids)
-        todo.extend(kids)
+    from vlmedge.runtime.serving.server import descendants
+
+    tree = {pid} | descendants(pid)
     total = 0
     for p in tree:
         try:

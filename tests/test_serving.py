@@ -21,6 +21,7 @@ pytest.importorskip("tritonclient.grpc", reason="serving tests need tritonclient
 
 from vlmedge.models import camworld  # noqa: E402
 from vlmedge.runtime.serving import protocol as P  # noqa: E402
+from vlmedge.runtime.serving.server import descendants  # noqa: E402
 from vlmedge.runtime.serving.client import (  # noqa: E402
     ServerClient, ServerError, ServerUnavailable, control, wait_until_ready)
 
@@ -38,26 +39,6 @@ def _free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-def _children(pid: int) -> set[int]:
-    """Every live descendant of `pid` (from /proc)."""
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parents[int(name)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        out.update(kids)
-        todo.extend(kids)
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -93,11 +74,11 @@ class Server:
             with open(log_path) as f:
                 tail = f.read()[-3000:]
             pytest.fail(f"vlmedge serve did not become ready; its log ends:\n{tail}")
-        self.seen |= _children(self.proc.pid)
+        self.seen |= descendants(self.proc.pid)
         return self
 
     def stop(self) -> int:
-        self.seen |= _children(self.proc.pid)
+        self.seen |= descendants(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=60)

@@ -61,7 +61,9 @@ def _tensor(io: P.Io):
     return Tensor(name=io.name, dtype=io.numpy_dtype, shape=io.dims, optional=io.optional)
 
 
-def _descendants(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid`, read from /proc (the server's tritonserver and stubs; also used by the
+    load test for their memory and by the tests to check nothing outlives the server)."""
     parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -212,7 +214,7 @@ def serve(model_spec: str, method_spec: str | None = None, backend: str = "auto"
             log("vlmedge serve: stopping")
             return 0
         finally:
-            started = _descendants(os.getpid())  # tritonserver and its stubs, recorded while they are ours
+            started = descendants(os.getpid())  # tritonserver and its stubs, recorded while they are ours
             triton.stop()
             service.shutdown()
             _end_leftovers(started, log)
