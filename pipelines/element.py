@@ -171,9 +171,11 @@ class VlmEdge(Gst.Element):
         """None when the model runs here; else the server split, checked so a typo fails the state change."""
         if not self.props_["server"].strip():
             return None
+        from vlmedge.runtime.serving.protocol import SPLITS
+
         split = self.props_["server-split"].strip() or "frames"
-        if split not in ("frames", "tokens"):
-            raise ValueError(f"server-split must be 'frames' or 'tokens', got {split!r}")
+        if split not in SPLITS:
+            raise ValueError(f"server-split must be one of {', '.join(SPLITS)}, got {split!r}")
         return split
 
     def _load(self) -> None:

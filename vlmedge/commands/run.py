@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from vlmedge.commands.common import add_model_args, exported_method, model_spec
+from vlmedge.runtime.serving.protocol import SPLITS
 
 
 def register(sub) -> None:
@@ -51,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--server", metavar="HOST:PORT",
                    help="answer on a `vlmedge serve` server (its gRPC port) instead of in this process; a lost "
                         "connection is retried and reported, frames that cannot be sent are dropped and counted")
-    p.add_argument("--server-split", choices=("frames", "tokens"), default="frames",
+    p.add_argument("--server-split", choices=SPLITS, default="frames",
                    help="with --server: send sampled frames (the server runs everything), or run the vision tower "
                         "and compressor of --model/--method here and send only the kept visual tokens "
                         "(per-frame methods; default: %(default)s)")
