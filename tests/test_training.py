@@ -33,6 +33,35 @@ def test_train_checkpoint_and_resume(tmp_path, family):
     cfg.max_steps = 4
     res = train(cfg, log=logs.append)
     assert res["steps"] == 4 and any("from the bundled weights" in m for m in logs)
+    # the dense per-token head trains beside the answers and is kept in the training state
+    assert any("tokens colour:" in m for m in logs)
+    import torch
+    st = torch.load(os.path.join(work, "train_state.pt"), weights_only=False)
+    assert st["dense_head"] is not None and st["warm_from"] == 3
+
+
+def _first_lr(logs):
+    import re
+    return float(re.search(r"lr ([0-9.e+-]+)", [m for m in logs if m.startswith("[train] step")][-1]).group(1))
+
+
+def test_continuing_with_a_restarted_schedule(tmp_path):
+    out, work = str(tmp_path / "model"), str(tmp_path / "work")
+    cfg = TrainConfig(family="llava_onevision", out=out, work=work, minutes=10, batch=1, questions=7, max_steps=1,
+                      shape="tiny", val_streams=1, threads=1, lr=1e-3, warmup=10)
+    train(cfg, log=lambda m: None)
+    os.remove(os.path.join(work, "train_state.pt"))
+    logs = []
+    cfg.max_steps, cfg.minutes = 2, 1e6  # far from the end: the old cosine would still be near its peak
+    train(cfg, log=logs.append)
+    assert abs(_first_lr(logs) - 1e-3 / (10 // 3)) < 1e-6  # the short re-warm-up of a plain continuation
+    os.remove(os.path.join(work, "train_state.pt"))
+    logs = []
+    cfg.max_steps, cfg.restart_schedule = 3, True
+    train(cfg, log=logs.append)
+    assert abs(_first_lr(logs) - 1e-3 / 10) < 1e-6  # a full warm-up from the cosine's start
+    st = __import__("torch").load(os.path.join(work, "train_state.pt"), weights_only=False)
+    assert st["warm_from"] == 2  # the bundled step count the warm-up restarted from
 
 
 def test_type_weights_follow_errors():

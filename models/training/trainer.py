@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmedge.models.training import data
+from vlmedge.models.training import data, dense
 from vlmedge.models.training.packing import StreamPacker, collate
 from vlmedge.models.training.reference import BUILDERS, FRAME
 
@@ -44,6 +44,8 @@ class TrainConfig:
     threads: int = 0  # 0: all cores
     max_steps: int = 0  # 0: no limit besides the time budget (tests use a few steps)
     shape: str = "reference"  # "tiny": the small test config of the same architecture
+    aux_weight: float = 0.5  # weight of the dense per-token loss (dense.py); 0 trains on answers alone
+    restart_schedule: bool = False  # continuing: a new warm-up and cosine over the minutes still left
 
 
 def qtypes_for(family: str) -> tuple[str, ...]:
@@ -89,7 +91,22 @@ def forward_batch(adapter, examples, family):
         k += n
     embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
     logits = adapter.forward_packed(embeds, positions, mask)
-    return logits, targets, packed
+    return logits, targets, packed, tokens
+
+
+def dense_loss(head, examples, tokens):
+    """The dense head's loss over every frame of the batch (frames shared by overlapping crops count once)."""
+    feats, labels, seen, k = [], [], set(), 0
+    for ex in examples:
+        for i in range(ex.start, ex.end):
+            tok = tokens[k]
+            k += 1
+            if (id(ex.stream), i) in seen:
+                continue
+            seen.add((id(ex.stream), i))
+            feats.append(tok.features)
+            labels.append(dense.token_labels(ex.stream, i, tok.grid_hw))
+    return head.loss(torch.cat(feats), torch.cat(labels))
 
 
 def length_buckets(examples, slack: float = 1.3):
@@ -123,7 +140,7 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
         ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
-        logits, _, packed = forward_batch(adapter, ex, cfg.family)
+        logits, _, packed, _ = forward_batch(adapter, ex, cfg.family)
         for q, c in correct_by_type(logits, packed):
             hits.setdefault(q, []).append(c)
     adapter.model.train()
@@ -159,7 +176,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         adapter = BUILDERS[cfg.family](cfg.seed)
     model = adapter.model
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    head = dense.DenseHead(adapter.hidden_size) if cfg.aux_weight > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -168,6 +186,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     weights = data.TypeWeights(qtypes_for(cfg.family))
     step, elapsed, curve = 0, 0.0, []
     warm_from = 0  # step the learning-rate warm-up counts from (restarted when the optimiser state is fresh)
+    sched_from = 0.0  # elapsed seconds the cosine (and the crop curriculum) start from
     bundled_meta = os.path.join(cfg.out, "training.json")
     if not os.path.isfile(state_path) and os.path.isfile(bundled_meta):
         # Only the bundled checkpoint survives between sessions (the optimiser state is too large to commit):
@@ -185,6 +204,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if "rng" in meta:
             rng.bit_generator.state = meta["rng"]
         warm_from = step
+        if cfg.restart_schedule:
+            sched_from = elapsed
         log(f"[train] continuing {cfg.family} from the bundled weights at step {step} (fresh optimiser state)")
     elif os.path.isfile(state_path):
         st = torch.load(state_path, weights_only=False)
@@ -194,6 +215,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         torch.set_rng_state(st["torch_rng"])
         weights.error = st["type_error"]
         step, elapsed, curve = st["step"], st["elapsed"], st["curve"]
+        warm_from, sched_from = st.get("warm_from", 0), st.get("sched_from", 0.0)
+        if head is not None and "dense_head" in st:
+            head.load_state_dict(st["dense_head"])
         log(f"[train] resumed {cfg.family} at step {step}, {elapsed / 60:.1f} of {cfg.minutes:.0f} min")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[train] {cfg.family}: {n_params / 1e6:.2f} M parameters, batch {cfg.batch} streams x {cfg.questions} questions, "
@@ -203,18 +227,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
     def save():
         torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "type_error": weights.error, "step": step,
-                    "elapsed": elapsed, "curve": curve, "config": asdict(cfg)}, state_path + ".tmp")
+                    "elapsed": elapsed, "curve": curve, "config": asdict(cfg), "warm_from": warm_from,
+                    "sched_from": sched_from, "dense_head": head.state_dict() if head else None},
+                   state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)  # never leave a half-written state behind
         meta = {"family": cfg.family, "seed": cfg.seed, "steps": step, "train_minutes_2_cores": round(elapsed / 60, 2),
                 "config": asdict(cfg), "curve": curve, "type_error": weights.error, "rng": rng.bit_generator.state}
         export(adapter, cfg.out, meta)
 
     last_ckpt = last_eval = time.perf_counter()
-    last_log, t_start, loss_avg = 0.0, time.perf_counter(), None
+    last_log, t_start, loss_avg, dense_acc = 0.0, time.perf_counter(), None, None
     while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):
         t0 = time.perf_counter()
-        frac = min(1.0, elapsed / budget)
-        warm = cfg.warmup if warm_from == 0 else cfg.warmup // 3
+        frac = min(1.0, max(0.0, (elapsed - sched_from) / max(budget - sched_from, 1.0)))
+        warm = cfg.warmup if warm_from == 0 or cfg.restart_schedule else cfg.warmup // 3
         lr = cfg.lr * min(1.0, (step + 1 - warm_from) / warm) * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -228,9 +254,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for group in filter(None, groups):
-            logits, targets, packed = forward_batch(adapter, group, cfg.family)
+            logits, targets, packed, tokens = forward_batch(adapter, group, cfg.family)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum") / n_targets
+            if head is not None:
+                aux, aux_acc = dense_loss(head, group, tokens)
+                # each group's share of the step, as the answer loss is normalised over the whole step
+                loss = loss + cfg.aux_weight * aux * (sum(2 * len(e.questions) for e in group) / n_targets)
+                dense_acc = aux_acc if dense_acc is None else 0.9 * dense_acc + 0.1 * aux_acc
             loss.backward()
             loss_sum += loss.item()
             for q, c in correct_by_type(logits.detach(), packed):
@@ -245,7 +276,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             last_log = now
             err = " ".join(f"{q}:{1 - e:.2f}" for q, e in weights.error.items())
             log(f"[train] step {step} {elapsed / 60:5.1f}/{cfg.minutes:.0f} min lr {lr:.2e} loss {loss_avg:.3f} "
-                f"{(now - t0):.2f}s/step  train acc {err}")
+                f"{(now - t0):.2f}s/step  train acc {err}"
+                + ("" if dense_acc is None else "  tokens " + " ".join(
+                    f"{n}:{a:.2f}" for n, a in zip(dense.HEADS, dense_acc.tolist()))))
         last = elapsed >= budget or (cfg.max_steps and step >= cfg.max_steps)
         if now - last_eval > cfg.eval_minutes * 60 or last:
             acc = validate(adapter, cfg)

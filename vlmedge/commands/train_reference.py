@@ -19,6 +19,13 @@ def register(sub) -> None:
     p.add_argument("--questions", type=int, default=18, help="questions per stream")
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--aux-weight", type=float, default=0.5,
+                   help="weight of the dense per-token loss (colour/shape/size/quadrant of what each visual token "
+                        "shows, from camworld's object boxes; a training aid, not part of the model); 0 turns it off "
+                        "(default %(default)s)")
+    p.add_argument("--restart-schedule", action="store_true",
+                   help="when continuing a bundled model: a fresh warm-up and cosine over the minutes still left, "
+                        "instead of going on with the original schedule")
     p.set_defaults(func=run)
 
 
@@ -29,6 +36,7 @@ def run(args) -> int:
     out = args.out or os.path.join(here, "models", "reference", args.family)
     work = args.work or os.path.join(os.path.dirname(out), f".train-{args.family}")
     cfg = TrainConfig(family=args.family, out=out, work=work, minutes=args.minutes, seed=args.seed, batch=args.batch,
-                      questions=args.questions, lr=args.lr, threads=args.threads)
+                      questions=args.questions, lr=args.lr, threads=args.threads,
+                      aux_weight=args.aux_weight, restart_schedule=args.restart_schedule)
     train(cfg, log=lambda m: print(m, flush=True))
     return 0
