@@ -13,10 +13,11 @@ from vlmedge.models.training.trainer import TrainConfig, train
 def test_train_checkpoint_and_resume(tmp_path, family):
     out, work = str(tmp_path / "model"), str(tmp_path / "work")
     cfg = TrainConfig(family=family, out=out, work=work, minutes=10, batch=2, questions=7, max_steps=2,
-                      shape="tiny", val_streams=2, threads=1)
+                      shape="tiny", val_streams=2, threads=1, vision_minutes=0.01)
     logs = []
     res = train(cfg, log=logs.append)
     assert res["steps"] == 2 and len(res["curve"]) == 1
+    assert any("vision warm-up done" in m for m in logs)  # from scratch: the dense-only stage ran first
     assert set(res["curve"][0]) >= {"minutes", "step", "mean"}
     adapter = from_pretrained(out)
     assert type(adapter).__name__.lower().startswith(family.split("_")[0][:4])
@@ -48,7 +49,7 @@ def _first_lr(logs):
 def test_continuing_with_a_restarted_schedule(tmp_path):
     out, work = str(tmp_path / "model"), str(tmp_path / "work")
     cfg = TrainConfig(family="llava_onevision", out=out, work=work, minutes=10, batch=1, questions=7, max_steps=1,
-                      shape="tiny", val_streams=1, threads=1, lr=1e-3, warmup=10)
+                      shape="tiny", val_streams=1, threads=1, lr=1e-3, warmup=10, vision_minutes=0)
     train(cfg, log=lambda m: None)
     os.remove(os.path.join(work, "train_state.pt"))
     logs = []

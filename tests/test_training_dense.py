@@ -64,3 +64,20 @@ def test_dense_head_learns_separable_labels():
         opt.step()
     assert loss.item() < 0.1 * first
     assert (acc > 0.95).all(), acc
+
+
+def test_vision_warm_up_trains_the_vision_side_only():
+    import numpy as np
+
+    from vlmedge.models import tiny
+    from vlmedge.models.training.reference import reference_tokenizer
+
+    a = tiny("llava_onevision", seed=0, words=list(reference_tokenizer().get_vocab()))
+    llm_before = {n: p.detach().clone() for n, p in a.language_model().named_parameters()}
+    tower_before = [p.detach().clone() for p in a.model.model.vision_tower.parameters()]
+    logs = []
+    steps = dense.pretrain_vision(a, dense.DenseHead(a.hidden_size), 0.02, np.random.default_rng(0), 1e-3, logs.append)
+    assert steps >= 2 and logs and "vision warm-up step" in logs[0]
+    assert all(torch.equal(p, llm_before[n]) for n, p in a.language_model().named_parameters())
+    moved = [not torch.equal(p, b) for p, b in zip(a.model.model.vision_tower.parameters(), tower_before)]
+    assert sum(moved) > len(moved) // 2

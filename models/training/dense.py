@@ -79,3 +79,48 @@ class DenseHead(nn.Module):
             obj = labels[:, j] > 0
             acc.append((part[obj].argmax(-1) == labels[obj, j]).float().mean() if obj.any() else part.new_tensor(1.0))
         return total / len(HEADS), torch.stack(acc)
+
+
+def pretrain_vision(adapter, head: DenseHead, minutes: float, rng: np.random.Generator, lr: float, log,
+                    streams_per_step: int = 4) -> int:
+    """Dense-only warm-up of the vision side (tower + projector) before any question is asked.
+
+    A from-scratch tower trained through the LLM alone barely leaves its initialisation (the bundled model's
+    block weights stayed within a few percent of their initial norms after 157 minutes): its tokens keep the
+    colour but lose position after the first block (a linear probe read the quadrant at 0.74 from the embeddings
+    and 0.32 after block 1) and never carry shape, so "where" and "small" sat at chance. Trained on these labels
+    alone, the tower is cheap (no LLM pass: hundreds of frames a second on 2 cores) and learns shape and
+    position in minutes, as a real VLM starts from a pretrained vision encoder. The LLM is not touched.
+    Returns the number of steps taken.
+    """
+    import time
+
+    from vlmedge.models import camworld
+    from vlmedge.models.camworld.config import WorldConfig
+    from vlmedge.models.training.data import VALIDATION_SEED_START
+
+    llm = {id(p) for m in (adapter.language_model(), adapter.lm_head()) for p in m.parameters()}
+    params = [p for p in adapter.model.parameters() if p.requires_grad and id(p) not in llm] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    quiet = WorldConfig(audio=False)  # the sound track plays no part here
+    budget, t0, last, step, acc = minutes * 60.0, time.perf_counter(), 0.0, 0, None
+    while time.perf_counter() - t0 < budget:
+        frac = (time.perf_counter() - t0) / budget
+        for g in opt.param_groups:  # short warm-up, then a linear decay to a tenth
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * (1.0 - 0.9 * frac)
+        streams = [camworld.generate(int(s), quiet) for s in rng.integers(0, VALIDATION_SEED_START, streams_per_step)]
+        tokens = adapter.encode_frames([f for s in streams for f in s.frames])
+        labels = torch.cat([token_labels(s, i, tokens[0].grid_hw) for s in streams for i in range(s.num_frames)])
+        loss, a = head.loss(torch.cat([t.features for t in tokens]), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        acc = a.detach() if acc is None else 0.95 * acc + 0.05 * a.detach()
+        now = time.perf_counter()
+        if now - last > 30 or step == 1:
+            last = now
+            log(f"[train] vision warm-up step {step} {(now - t0) / 60:4.1f}/{minutes:.0f} min loss {loss.item():.3f} "
+                "tokens " + " ".join(f"{n}:{x:.2f}" for n, x in zip(HEADS, acc.tolist())))
+    return step

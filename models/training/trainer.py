@@ -45,6 +45,7 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit besides the time budget (tests use a few steps)
     shape: str = "reference"  # "tiny": the small test config of the same architecture
     aux_weight: float = 0.5  # weight of the dense per-token loss (dense.py); 0 trains on answers alone
+    vision_minutes: float = 10.0  # from scratch: dense-only warm-up of the vision side first (part of `minutes`)
     restart_schedule: bool = False  # continuing: a new warm-up and cosine over the minutes still left
 
 
@@ -235,6 +236,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 "config": asdict(cfg), "curve": curve, "type_error": weights.error, "rng": rng.bit_generator.state}
         export(adapter, cfg.out, meta)
 
+    if step == 0 and elapsed == 0.0 and head is not None and cfg.vision_minutes > 0:
+        t0 = time.perf_counter()
+        n = dense.pretrain_vision(adapter, head, cfg.vision_minutes, rng, cfg.lr, log)
+        elapsed = sched_from = time.perf_counter() - t0
+        log(f"[train] vision warm-up done: {n} steps in {elapsed / 60:.1f} min")
     last_ckpt = last_eval = time.perf_counter()
     last_log, t_start, loss_avg, dense_acc = 0.0, time.perf_counter(), None, None
     while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):

@@ -23,6 +23,9 @@ def register(sub) -> None:
                    help="weight of the dense per-token loss (colour/shape/size/quadrant of what each visual token "
                         "shows, from camworld's object boxes; a training aid, not part of the model); 0 turns it off "
                         "(default %(default)s)")
+    p.add_argument("--vision-minutes", type=float, default=10.0,
+                   help="from scratch: minutes of dense-only training of the vision tower and projector before the "
+                        "questions start (part of --minutes; default %(default)s)")
     p.add_argument("--restart-schedule", action="store_true",
                    help="when continuing a bundled model: a fresh warm-up and cosine over the minutes still left, "
                         "instead of going on with the original schedule")
@@ -37,6 +40,7 @@ def run(args) -> int:
     work = args.work or os.path.join(os.path.dirname(out), f".train-{args.family}")
     cfg = TrainConfig(family=args.family, out=out, work=work, minutes=args.minutes, seed=args.seed, batch=args.batch,
                       questions=args.questions, lr=args.lr, threads=args.threads,
-                      aux_weight=args.aux_weight, restart_schedule=args.restart_schedule)
+                      aux_weight=args.aux_weight, vision_minutes=args.vision_minutes,
+                      restart_schedule=args.restart_schedule)
     train(cfg, log=lambda m: print(m, flush=True))
     return 0
