@@ -81,3 +81,11 @@ def test_vision_warm_up_trains_the_vision_side_only():
     assert all(torch.equal(p, llm_before[n]) for n, p in a.language_model().named_parameters())
     moved = [not torch.equal(p, b) for p, b in zip(a.model.model.vision_tower.parameters(), tower_before)]
     assert sum(moved) > len(moved) // 2
+
+
+def test_reference_tower_starts_with_position_above_content_noise():
+    from vlmedge.models.training.reference import llava_onevision
+
+    emb = llava_onevision(0).model.model.vision_tower.embeddings
+    # rows of norm ~8 (std 8/sqrt(width)): the scale at which a dense probe learns position in minutes
+    assert 6.0 < emb.position_embedding.weight.norm(dim=1).mean().item() < 10.0
