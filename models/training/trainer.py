@@ -217,7 +217,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         weights.error = st["type_error"]
         step, elapsed, curve = st["step"], st["elapsed"], st["curve"]
         warm_from, sched_from = st.get("warm_from", 0), st.get("sched_from", 0.0)
-        if head is not None and "dense_head" in st:
+        if head is not None and st.get("dense_head"):
             head.load_state_dict(st["dense_head"])
         log(f"[train] resumed {cfg.family} at step {step}, {elapsed / 60:.1f} of {cfg.minutes:.0f} min")
     n_params = sum(p.numel() for p in model.parameters())
