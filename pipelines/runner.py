@@ -127,9 +127,18 @@ class PipelineRunner:
             self.result.eos = True
             return True
         if t == Gst.MessageType.ERROR:
-            err, debug = msg.parse_error()
-            self.result.error_debug = debug
-            raise PipelineError(f"{msg.src.get_name()}: {err.message}")
+            # The failing element's own message and the "Internal data stream error" that its flow error makes
+            # the source post race to the bus: wait briefly for ours, then report the cause first.
+            errors, bus = [msg], self.pipeline.get_bus()
+            deadline = time.monotonic() + 0.5
+            while self.element not in [e.src for e in errors] and time.monotonic() < deadline:
+                more = bus.timed_pop_filtered(50 * Gst.MSECOND, Gst.MessageType.ERROR)
+                if more is not None:
+                    errors.append(more)
+            errors.sort(key=lambda e: e.src is not self.element)
+            parsed = [(e.src.get_name(), *e.parse_error()) for e in errors]
+            self.result.error_debug = parsed[0][2]
+            raise PipelineError("; ".join(f"{name}: {err.message}" for name, err, _ in parsed))
         if t == Gst.MessageType.WARNING:
             err, _ = msg.parse_warning()
             self.result.warnings.append(err.message)
