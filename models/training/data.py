@@ -45,6 +45,7 @@ class Example:
     start: int
     end: int
     questions: list  # [(frame_in_clip, text, answer, qtype)]
+    drop: object = None  # token_drop.DropPlan: show the clip with visual tokens dropped (None: all tokens)
 
 
 def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmedge.models.training import data, dense
+from vlmedge.models.training.token_drop import TokenDrop, keep_indices
 from vlmedge.models.training.packing import StreamPacker, collate
 from vlmedge.models.training.reference import BUILDERS, FRAME
 
@@ -47,6 +48,7 @@ class TrainConfig:
     aux_weight: float = 0.5  # weight of the dense per-token loss (dense.py); 0 trains on answers alone
     vision_minutes: float = 10.0  # from scratch: dense-only warm-up of the vision side first (part of `minutes`)
     restart_schedule: bool = False  # continuing: a new warm-up and cosine over the minutes still left
+    token_drop: float = 0.0  # share of training clips shown with visual tokens dropped (token_drop.py)
 
 
 def qtypes_for(family: str) -> tuple[str, ...]:
@@ -55,13 +57,17 @@ def qtypes_for(family: str) -> tuple[str, ...]:
     return tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
 
 
-def pack_example(adapter, ex, tokens, family: str):
-    """One clip's frames (and for omni models, each complete second of audio) in session order."""
+def pack_example(adapter, ex, tokens, family: str, rng: np.random.Generator | None = None):
+    """One clip's frames (and for omni models, each complete second of audio) in session order; with
+    `ex.drop`, each frame keeps only the tokens `token_drop.keep_indices` picks (positions kept)."""
     packer = StreamPacker(adapter)
     stream = ex.stream
     per_sec = int(round(stream.fps))
     for i, tok in zip(range(ex.start, ex.end), tokens):
-        packer.frame(tok, stream.frame_time(i))
+        keep = None
+        if ex.drop is not None:
+            keep = keep_indices(ex.drop, dense.token_labels(stream, i, tok.grid_hw)[:, 0] > 0, rng)
+        packer.frame(tok, stream.frame_time(i), keep=keep)
         if family == "qwen2_5_omni" and stream.audio.size and (i + 1) % per_sec == 0:
             sec = (i + 1) // per_sec - 1
             packer.audio(stream.audio_tokens[sec], float(sec), 0.04)
@@ -81,14 +87,14 @@ def attach_audio_tokens(adapter, streams, family):
             s.audio_tokens.append(tower(mel, feature_lens=torch.tensor([mel.shape[1]])).last_hidden_state)
 
 
-def forward_batch(adapter, examples, family):
+def forward_batch(adapter, examples, family, rng: np.random.Generator | None = None):
     streams = list({id(ex.stream): ex.stream for ex in examples}.values())
     tokens = adapter.encode_frames([f for ex in examples for f in ex.stream.frames[ex.start:ex.end]])
     attach_audio_tokens(adapter, streams, family)
     packed, k = [], 0
     for ex in examples:
         n = ex.end - ex.start
-        packed.append(pack_example(adapter, ex, tokens[k:k + n], family))
+        packed.append(pack_example(adapter, ex, tokens[k:k + n], family, rng))
         k += n
     embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
     logits = adapter.forward_packed(embeds, positions, mask)
@@ -224,6 +230,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"[train] {cfg.family}: {n_params / 1e6:.2f} M parameters, batch {cfg.batch} streams x {cfg.questions} questions, "
         f"budget {cfg.minutes:.0f} min, threads {torch.get_num_threads()}")
     budget = cfg.minutes * 60.0
+    dropper = TokenDrop(cfg.token_drop)
 
     def save():
         torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng.bit_generator.state,
@@ -255,12 +262,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
         p_crop = cfg.crop_start + (cfg.crop_end - cfg.crop_start) * min(1.0, frac / 0.7)
         examples = [e for s in data.training_seeds(rng, cfg.batch)
                     for e in data.stream_example(s, rng, counts, crop=bool(rng.random() < p_crop))]
+        for e in examples:
+            e.drop = dropper.plan(rng)
         groups = length_buckets(examples)
         n_targets = sum(2 * len(e.questions) for e in examples)
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for group in filter(None, groups):
-            logits, targets, packed, tokens = forward_batch(adapter, group, cfg.family)
+            logits, targets, packed, tokens = forward_batch(adapter, group, cfg.family, rng)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum") / n_targets
             if head is not None:

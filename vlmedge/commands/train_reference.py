@@ -29,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--restart-schedule", action="store_true",
                    help="when continuing a bundled model: a fresh warm-up and cosine over the minutes still left, "
                         "instead of going on with the original schedule")
+    p.add_argument("--token-drop", type=float, default=0.0,
+                   help="share of training clips shown with 10-60%% of each frame's visual tokens kept (a random "
+                        "subset, or the object tokens first), positions kept, so answers do not hinge on how many "
+                        "tokens arrive; 0 trains on full frames only (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -41,6 +45,6 @@ def run(args) -> int:
     cfg = TrainConfig(family=args.family, out=out, work=work, minutes=args.minutes, seed=args.seed, batch=args.batch,
                       questions=args.questions, lr=args.lr, threads=args.threads,
                       aux_weight=args.aux_weight, vision_minutes=args.vision_minutes,
-                      restart_schedule=args.restart_schedule)
+                      restart_schedule=args.restart_schedule, token_drop=args.token_drop)
     train(cfg, log=lambda m: print(m, flush=True))
     return 0

@@ -1,0 +1,62 @@
+"""Training clips shown with some of their visual tokens dropped, so answers do not depend on how many arrive.
+
+The reference model trained on full frames only learned to count by the *share* of object tokens among a
+frame's tokens: pruning that keeps objects and drops background (STC, GlimpsePrune) raised that share and
+"how many objects" fell from 1.00 to 0.58-0.63, while random pruning (which keeps the share) lost nothing.
+Large VLMs do not behave like that: they are trained at many resolutions and token counts (AnyRes), so a
+frame's token count varies and counting cannot lean on it. Showing some clips pruned during training gives the
+small model the same property. Two selections, with positions kept (gaps left, as at inference):
+- `random`: a uniform random subset of each frame's tokens;
+- `objects`: every token an object covers (ground truth from the generator) first, then random background up
+  to the budget — the extreme of what an importance-based method keeps, so object density varies widely.
+Neither is any method's own rule; the evaluated methods still see a model that never saw their selections.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vlmedge.errors import InputError
+
+MODES = ("random", "objects")
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    mode: str
+    keep: float  # share of each frame's tokens kept
+
+
+@dataclass(frozen=True)
+class TokenDrop:
+    p: float = 0.0  # share of training clips shown pruned
+    min_keep: float = 0.1
+    max_keep: float = 0.6
+
+    def __post_init__(self):
+        if not 0.0 <= self.p <= 1.0:
+            raise InputError(f"--token-drop must be a share of training clips in [0, 1], got {self.p}")
+        if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
+            raise InputError(f"token-drop keep range must satisfy 0 < min <= max <= 1, got "
+                             f"{self.min_keep}..{self.max_keep}")
+
+    def plan(self, rng: np.random.Generator) -> DropPlan | None:
+        """Whether (and how) one clip is pruned; every frame of the clip uses the same plan, as a method would."""
+        if self.p <= 0.0 or rng.random() >= self.p:
+            return None
+        return DropPlan(MODES[int(rng.integers(len(MODES)))], float(rng.uniform(self.min_keep, self.max_keep)))
+
+
+def keep_indices(plan: DropPlan, object_mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Ascending kept positions of one frame. `object_mask [N]` bool: tokens an object covers."""
+    n = int(object_mask.numel())
+    k = max(1, min(n, round(plan.keep * n)))
+    order = rng.permutation(n)
+    if plan.mode == "objects":
+        obj = object_mask.numpy()[order]
+        order = np.concatenate([order[obj], order[~obj]])  # objects first, each group in random order
+    elif plan.mode != "random":
+        raise ValueError(f"token-drop mode must be one of {', '.join(MODES)}, got {plan.mode!r}")
+    return torch.from_numpy(np.sort(order[:k])).long()

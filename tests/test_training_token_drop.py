@@ -1,0 +1,72 @@
+"""Training clips with visual tokens dropped: what is kept, and that the packed sequence keeps positions."""
+import numpy as np
+import pytest
+import torch
+
+from vlmedge.errors import InputError
+from vlmedge.models import camworld
+from vlmedge.models.training import dense
+from vlmedge.models.training.token_drop import DropPlan, TokenDrop, keep_indices
+
+
+def _object_mask(seed=1_000_003, frame=5):
+    s = camworld.generate(seed)
+    return dense.token_labels(s, frame, (12, 12))[:, 0] > 0
+
+
+def test_objects_first_keeps_every_object_token_then_fills_with_background():
+    mask = _object_mask()
+    n_obj = int(mask.sum())
+    assert 0 < n_obj < 40
+    idx = keep_indices(DropPlan("objects", 40 / 144), mask, np.random.default_rng(0))
+    assert idx.numel() == 40 and torch.equal(idx, idx.sort().values) and idx.unique().numel() == 40
+    assert mask[idx].sum().item() == n_obj  # all of them
+    # a budget below the object count keeps only object tokens
+    few = keep_indices(DropPlan("objects", 2 / 144), mask, np.random.default_rng(0))
+    assert few.numel() == 2 and mask[few].all()
+
+
+def test_random_keeps_about_the_frame_share_of_objects():
+    mask = _object_mask()
+    rng = np.random.default_rng(1)
+    shares = [mask[keep_indices(DropPlan("random", 0.3), mask, rng)].float().mean().item() for _ in range(300)]
+    assert abs(np.mean(shares) - mask.float().mean().item()) < 0.02
+    assert len({tuple(keep_indices(DropPlan("random", 0.3), mask, rng).tolist()) for _ in range(5)}) == 5
+
+
+def test_plans_follow_the_share_and_range():
+    rng = np.random.default_rng(0)
+    assert all(TokenDrop(0.0).plan(rng) is None for _ in range(50))
+    plans = [TokenDrop(0.5, 0.2, 0.4).plan(rng) for _ in range(400)]
+    made = [p for p in plans if p is not None]
+    assert 160 < len(made) < 240
+    assert {p.mode for p in made} == {"random", "objects"}
+    assert all(0.2 <= p.keep <= 0.4 for p in made)
+    with pytest.raises(InputError, match="share of training clips"):
+        TokenDrop(1.5)
+    with pytest.raises(InputError, match="keep range"):
+        TokenDrop(0.5, 0.6, 0.3)
+
+
+def test_a_dropped_clip_packs_fewer_tokens_at_their_original_positions():
+    from vlmedge.models import tiny
+    from vlmedge.models.training import data
+    from vlmedge.models.training.reference import reference_tokenizer
+    from vlmedge.models.training.trainer import pack_example
+
+    a = tiny("llava_onevision", seed=0, words=list(reference_tokenizer().get_vocab()))
+    rng = np.random.default_rng(0)
+    ex = data.stream_example(3, rng, {"count": 2})[0]
+    with torch.no_grad():
+        tokens = a.encode_frames(ex.stream.frames[ex.start:ex.end])
+        full = pack_example(a, ex, tokens, "llava_onevision")
+        ex.drop = DropPlan("random", 0.5)
+        pruned = pack_example(a, ex, tokens, "llava_onevision", np.random.default_rng(0))
+    per_frame = tokens[0].num_tokens
+    k = round(0.5 * per_frame)
+    frames = ex.end - ex.start
+    assert full.embeds.shape[0] - pruned.embeds.shape[0] == frames * (per_frame - k)
+    # the questions sit at the same positions with and without dropping: only gaps were left
+    assert torch.equal(full.positions[..., -8:], pruned.positions[..., -8:])
+    assert set(pruned.positions.flatten().tolist()) < set(full.positions.flatten().tolist())
+    assert pruned.answers == full.answers
