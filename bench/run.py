@@ -35,7 +35,11 @@ def log(msg: str) -> None:
 def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, shape: str | None = None,
               repeats: int | None = None, timing_streams: int | None = None, accuracy_model=None,
               accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True,
-              work_dir: str = "bench-results") -> BenchResult:
+              work_dir: str = "bench-results", jobs: int = 1, accuracy_source: tuple[str, str] | None = None
+              ) -> BenchResult:
+    """`jobs` > 1 evaluates the accuracy variants in that many worker processes, each opening the model from
+    `accuracy_source` ((model spec, backend) as `runtime.model_source.open_model` takes them) with an equal
+    share of the threads. Timing always runs in this process, alone."""
     import torch
 
     from vlmedge.bench import shapes
@@ -62,8 +66,11 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
         probe = adapter.encode_frame(camworld.generate(seeds[0], split="eval").frames[0])
         plan, skipped = variants(methods, ratios, probe.num_tokens, adapter.has_audio, _glimpse_dir(adapter))
         result.skipped.update(skipped)
-        for i, v in enumerate(plan):
-            rep = evaluate(adapter, v.spec, seeds, name=accuracy_name)
+        if jobs > 1 and accuracy_source is None:
+            raise ValueError("jobs > 1 needs accuracy_source, so that each worker can open the model")
+        reports = (_evaluate_in_workers(accuracy_source, [v.spec for v in plan], seeds, accuracy_name, jobs)
+                   if jobs > 1 else (evaluate(adapter, v.spec, seeds, name=accuracy_name) for v in plan))
+        for i, (v, rep) in enumerate(zip(plan, reports)):
             result.accuracy.append({"label": v.label, "family": v.family, "keep": v.keep, "report": rep})
             log(f"accuracy {i + 1}/{len(plan)} {v.label:<24} overall {rep.accuracy['overall']:.3f} "
                 f"tokens {rep.tokens_per_frame:.1f} ({rep.wall_s:.0f} s)")
@@ -90,6 +97,41 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
                     f"prefill {t.value('prefill_ms'):.0f} ms tokens {t.value('tokens_kept'):.0f}")
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _evaluate_in_workers(source: tuple[str, str], specs: list[str], seeds, name: str, jobs: int):
+    """EvalReports of `specs`, in order, from `jobs` spawned processes. Evaluation is one stream at a time on
+    a small model, where a second thread in one process gains far less than a second process does."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_open,
+                             initargs=(source, threads)) as pool:
+        futures = [pool.submit(_worker_evaluate, spec, tuple(seeds), name) for spec in specs]
+        for f in futures:
+            yield f.result()
+
+
+_WORKER_MODEL = None
+
+
+def _worker_open(source: tuple[str, str], threads: int) -> None:
+    import torch
+
+    from vlmedge.runtime.model_source import open_model
+
+    global _WORKER_MODEL
+    torch.set_num_threads(threads)
+    _WORKER_MODEL = open_model(*source)[0]
+
+
+def _worker_evaluate(spec: str, seeds: tuple[int, int], name: str):
+    from vlmedge.runtime.evaluation import evaluate
+
+    return evaluate(_WORKER_MODEL, spec, seeds, name=name)
 
 
 def _glimpse_dir(adapter) -> str | None:

@@ -99,3 +99,20 @@ def test_backends_compares_torch_and_onnx_runtime_on_exported_models(tmp_path, c
             m = row[backend]["metrics"]
             assert m["vision_ms"]["median"] > 0 and m["prefill_ms"]["median"] > 0 and m["tokens_kept"]["median"] == 4
         assert (tmp_path / f"export-{row['model']}" / "vision_stc_select.onnx").exists()
+
+
+def test_accuracy_in_worker_processes_equals_one_process():
+    from vlmedge.runtime.model_source import open_model
+
+    source = ("tiny:llava_onevision", "torch")
+    model = open_model(*source)[0]
+    kw = dict(methods=["none", "uniform", "stc"], ratios=[0.5], seeds=(1_000_000, 1_000_002), do_timing=False,
+              accuracy_model=model, accuracy_name="tiny")
+    serial = run_bench(**kw)
+    parallel = run_bench(**kw, jobs=2, accuracy_source=source)
+    assert [a["label"] for a in parallel.accuracy] == [a["label"] for a in serial.accuracy]
+    for a, b in zip(serial.accuracy, parallel.accuracy):
+        assert a["report"].accuracy == b["report"].accuracy and a["report"].answers == b["report"].answers
+        assert a["report"].tokens_per_frame == b["report"].tokens_per_frame
+    with pytest.raises(ValueError, match="accuracy_source"):
+        run_bench(**kw, jobs=2)

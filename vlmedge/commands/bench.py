@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from vlmedge.commands.common import add_model_args, load_model
+from vlmedge.commands.common import add_model_args, load_model, model_spec
 
 
 def register(sub) -> None:
@@ -32,6 +32,10 @@ def register(sub) -> None:
                                                           "full: siglip-base+qwen2-0.5b)")
     p.add_argument("--repeats", type=int, help="timed runs per variant after one warm-up (quick 2, full 3)")
     p.add_argument("--streams", type=int, help="camworld streams per timed run (quick 1, full 2)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the accuracy half, each opening the model with an equal share of "
+                        "the threads (evaluation runs one small stream at a time, so processes scale better than "
+                        "threads); timing always runs alone (default 1)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy half")
     p.add_argument("--no-timing", action="store_true", help="skip the latency half")
     p.add_argument("--backends", action="store_true",
@@ -64,6 +68,8 @@ def run(args) -> int:
         raise InputError(f"--ratios must be comma-separated numbers in (0, 1], got {args.ratios!r}") from None
     if args.repeats is not None and args.repeats < 1 or args.streams is not None and args.streams < 1:
         raise InputError("--repeats and --streams must be at least 1")
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
     if args.no_accuracy and args.no_timing:
         raise InputError("--no-accuracy and --no-timing together leave nothing to measure")
     seeds = parse_seed_range(args.seeds) if args.seeds else None
@@ -73,7 +79,8 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     result = run_bench(methods=methods, ratios=ratios, quick=args.quick, seeds=seeds, shape=args.shape,
                        repeats=args.repeats, timing_streams=args.streams, accuracy_model=model, accuracy_name=name,
-                       do_accuracy=not args.no_accuracy, do_timing=not args.no_timing, work_dir=args.out)
+                       do_accuracy=not args.no_accuracy, do_timing=not args.no_timing, work_dir=args.out,
+                       jobs=args.jobs, accuracy_source=model_spec(args))
     md = report.markdown(result)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report.to_json(result), f, indent=2)
