@@ -366,3 +366,30 @@ def test_settings_are_typed_validated_and_round_trip():
     with pytest.raises(TypeError, match="per-stream state"):
         frame = FrameTokens(torch.zeros(4, 2), (2, 2), torch.zeros(0, 2))
         get_method("stc").compress(frame, FrameContext(0, 0.0), None)
+
+
+def test_the_pruner_keeps_the_objects_of_camworld_frames_on_the_reference_model():
+    """On real post-projector tokens the pruner's picks are the content, not the background: nearly every token
+    an object covers survives at a third of the tokens, where a random third keeps a third of them."""
+    from vlmedge.models import camworld, from_pretrained
+    from vlmedge.models.reference_models import reference_dir
+    from vlmedge.models.training.dense import token_labels
+
+    adapter = from_pretrained(reference_dir("llava_onevision"))
+    kept, objects = 0, 0
+    gen = torch.Generator().manual_seed(0)
+    random_kept = 0
+    with torch.no_grad():
+        for seed in range(1_000_000, 1_000_004):
+            s = camworld.generate(seed, split="eval")
+            memory = PrunerMemory()
+            for f in range(s.num_frames):
+                tokens = adapter.encode_frame(s.frames[f])
+                obj = token_labels(s, f, tokens.grid_hw)[:, 0] > 0
+                keep = prune_chunk(tokens.features, memory, 47).keep[0]
+                kept += int(obj[keep].sum())
+                random_kept += int(obj[torch.randperm(obj.numel(), generator=gen)[:47]].sum())
+                objects += int(obj.sum())
+    assert objects > 100
+    assert kept / objects > 0.9, kept / objects
+    assert 0.2 < random_kept / objects < 0.45
