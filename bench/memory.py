@@ -2,13 +2,19 @@
 
 On CPU the peak is the kernel's resident high-water mark (VmHWM), which Linux resets when 5 is written to
 /proc/self/clear_refs, so each measured method gets its own peak instead of the process-lifetime maximum that
-`getrusage` reports. On CUDA it is the allocator's peak (`torch.cuda.max_memory_allocated`).
+`getrusage` reports. On CUDA it is the allocator's peak (`torch.cuda.max_memory_allocated`) for models torch
+allocates; ONNX Runtime's CUDA arena and TensorRT's engine memory are not torch's, so for those
+(`whole_device=True`) a thread samples the device's used memory (`cudaMemGetInfo`) every few milliseconds and
+the peak is the device's, this process's context and any other process's memory included.
 """
 from __future__ import annotations
 
 import resource
+import threading
 
 import torch
+
+POLL_S = 0.002
 
 
 def kv_bytes(cache) -> int:
@@ -26,13 +32,29 @@ def kv_bytes(cache) -> int:
 class PeakMemory:
     """`with PeakMemory(device) as m: ...` then `m.peak_mb` (resident set on CPU, allocated on CUDA)."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", whole_device: bool = False):
         self.device = device
+        self.whole_device = whole_device and device.startswith("cuda")
         self.peak_mb = float("nan")
         self.exact = True  # False when the CPU peak could not be reset (process-lifetime maximum)
+        self._stop = threading.Event()
+        self._poller = None
+        self._used_max = 0
+
+    def _poll(self) -> None:
+        while True:
+            free, total = torch.cuda.mem_get_info()
+            self._used_max = max(self._used_max, total - free)
+            if self._stop.wait(POLL_S):
+                return
 
     def __enter__(self):
-        if self.device.startswith("cuda"):
+        if self.whole_device:
+            torch.cuda.synchronize()
+            self._stop.clear()
+            self._poller = threading.Thread(target=self._poll, name="peak-memory", daemon=True)
+            self._poller.start()
+        elif self.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
@@ -44,7 +66,12 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc):
-        if self.device.startswith("cuda"):
+        if self.whole_device:
+            torch.cuda.synchronize()
+            self._stop.set()
+            self._poller.join()
+            self.peak_mb = self._used_max / 2**20
+        elif self.device.startswith("cuda"):
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:

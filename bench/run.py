@@ -35,14 +35,16 @@ def log(msg: str) -> None:
 def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, shape: str | None = None,
               repeats: int | None = None, timing_streams: int | None = None, accuracy_model=None,
               accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True,
-              work_dir: str = "bench-results", jobs: int = 1, accuracy_source: tuple[str, str] | None = None
-              ) -> BenchResult:
+              work_dir: str = "bench-results", jobs: int = 1, accuracy_source: tuple[str, str] | None = None,
+              timing_backend: str = "torch") -> BenchResult:
     """`jobs` > 1 evaluates the accuracy variants in that many worker processes, each opening the model from
     `accuracy_source` ((model spec, backend) as `runtime.model_source.open_model` takes them) with an equal
-    share of the threads. Timing always runs in this process, alone."""
+    share of the threads. Timing always runs in this process, alone, with `timing_backend` (bench/exported.py:
+    torch, onnxruntime, tensorrt or auto — the GPU mode)."""
     import torch
 
     from vlmedge.bench import shapes
+    from vlmedge.bench.exported import ExportedModels, device_of, resolve_backend
     from vlmedge.bench.timing import time_method
     from vlmedge.models import camworld
     from vlmedge.runtime.evaluation import evaluate
@@ -53,11 +55,12 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
     shape_obj = shapes.get_shape(shape or preset["shape"])
     repeats = repeats or preset["repeats"]
     timing_streams = timing_streams or preset["timing_streams"]
+    backend = resolve_backend(timing_backend) if do_timing else "torch"
     t0 = time.perf_counter()
     result = BenchResult(config={
         "quick": quick, "methods": list(methods), "ratios": list(ratios), "seeds": list(seeds),
         "accuracy_model": accuracy_name, "timing_model": shape_obj.description, "timing_shape": shape_obj.name,
-        "repeats": repeats, "timing_streams": timing_streams, "backend": "torch", "device": "cpu",
+        "repeats": repeats, "timing_streams": timing_streams, "backend": backend, "device": "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__,
     })
 
@@ -89,12 +92,21 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
         for m, why in skipped.items():
             result.skipped.setdefault(m, why)
         streams = [camworld.generate(seeds[0] + i, split="eval") for i in range(timing_streams)]
-        with torch.no_grad():
-            for i, v in enumerate(plan):
-                t = time_method(adapter, v.spec, streams, label=v.label, model=shape_obj.name, repeats=repeats)
-                result.timing.append(t)
-                log(f"timing {i + 1}/{len(plan)} {v.label:<24} vision {t.value('vision_ms'):.0f} ms "
-                    f"prefill {t.value('prefill_ms'):.0f} ms tokens {t.value('tokens_kept'):.0f}")
+        exported = (ExportedModels(adapter, backend, work_dir, shape_obj.name, log=log) if backend != "torch"
+                    else None)
+        try:
+            with torch.no_grad():
+                for i, v in enumerate(plan):
+                    model = exported.get(v.spec) if exported else adapter
+                    result.config["device"] = device_of(model)
+                    t = time_method(model, v.spec, streams, label=v.label, model=shape_obj.name, backend=backend,
+                                    repeats=repeats, device=device_of(model))
+                    result.timing.append(t)
+                    log(f"timing {i + 1}/{len(plan)} {v.label:<24} vision {t.value('vision_ms'):.0f} ms "
+                        f"prefill {t.value('prefill_ms'):.0f} ms tokens {t.value('tokens_kept'):.0f}")
+        finally:
+            if exported:
+                exported.close()
     result.wall_s = time.perf_counter() - t0
     return result
 

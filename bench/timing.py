@@ -60,7 +60,7 @@ def time_method(adapter, method, streams, label: str = "", model: str = "", back
     exact, frames = True, 0
     for r in range(warmup + repeats):
         frame_rows, ttft, decode_rates, kv = [], [], [], []
-        with PeakMemory(device) as peak:
+        with PeakMemory(device, whole_device=backend != "torch") as peak:
             for stream in streams:
                 session.reset()
                 qs = sorted(stream.questions, key=lambda q: q.frame)[:questions_per_stream]

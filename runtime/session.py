@@ -63,6 +63,7 @@ class StreamingSession(WindowedStream, RequeryStream):
                              "method or the PyTorch model")
         self.query_conditioned = bool(getattr(self.method, "query_conditioned", False))
         self.prunes_in_llm = bool(getattr(self.method, "prunes_in_llm", False))  # GlimpsePrune: see its method
+        self._cuda = str(getattr(adapter, "device", "cpu")).startswith("cuda")
         self._standing_query = (self._query_embedding(self.standing_prompt)
                                 if self.query_conditioned and self.standing_prompt else None)
         self.window_s = self.method.window_length(adapter)
@@ -104,6 +105,13 @@ class StreamingSession(WindowedStream, RequeryStream):
         self.reset()
 
     # ----- stream lifecycle -----
+    def _now(self) -> float:
+        """The clock the per-stage times read. CUDA backends return before their kernels finish, so on CUDA it
+        waits for the device first; otherwise a stage's time would land in whichever later stage waits on it."""
+        if self._cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def reset(self) -> None:
         """Starts a new stream: empty cache, fresh positions and method state, prefix prefilled."""
         self.cache = self.adapter.new_cache()
@@ -186,9 +194,9 @@ class StreamingSession(WindowedStream, RequeryStream):
         if self.window_s is not None:
             return self._buffer_frame(frame, time_s)
 
-        t0 = time.perf_counter()
+        t0 = self._now()
         tokens = self.method.encode_frame(self.adapter, frame, self.method_state)
-        t1 = time.perf_counter()
+        t1 = self._now()
         ctx = FrameContext(frame_index=len(self.frame_stats), time_s=time_s, query=self._standing_query)
         pos = self.positions.copy()
         ids = self.adapter.positions.frame(pos, tokens.grid_hw, tokens.trailer.shape[0], time_s)
@@ -209,7 +217,7 @@ class StreamingSession(WindowedStream, RequeryStream):
             sel = Selection(keep=keeps[0].cpu())
         else:
             sel = self.method.compress(tokens, ctx, self.method_state)
-            t2 = time.perf_counter()
+            t2 = self._now()
             embeds, fids = frame_inputs(tokens, sel, ids)
             self._make_room(embeds.shape[0] + close_ids.numel())
             start = self.cache.get_seq_length()
@@ -221,7 +229,7 @@ class StreamingSession(WindowedStream, RequeryStream):
             self._append(*close)
         self._stored(start, "frame", time_s)
         self._record(_Segment(start, ids=ids, tokens=tokens, ctx=ctx, keep=sel.keep, close=close))
-        t3 = time.perf_counter()
+        t3 = self._now()
         stats = FrameStats(len(self.frame_stats), time_s, n, int(sel.keep.numel()),
                            (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         self.frame_stats.append(stats)
@@ -339,7 +347,7 @@ class StreamingSession(WindowedStream, RequeryStream):
         frames = len(self.frame_stats) + self.pending_frames
         conditioned = snapshot
         restore, requeried, retrieved = None, 0, (0, 0)
-        tw = tr = time.perf_counter()
+        tw = tr = self._now()
         try:
             if self._pending:  # provisional flush: a copy of the method's state, cropped away with the question
                 provisional = self._compress_pending(copy.deepcopy(self.method_state))
@@ -347,7 +355,7 @@ class StreamingSession(WindowedStream, RequeryStream):
                 if embeds is not None:
                     self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
-            tr = time.perf_counter()
+            tr = self._now()
             logits = None
             if self.prunes_in_llm and self._segments:
                 # frames, question and glimpse in one pruned prefill (the paper's inference over those frames)
@@ -373,13 +381,13 @@ class StreamingSession(WindowedStream, RequeryStream):
             if got[2] is not None:  # a focused question: the cache is narrowed until the answer is done
                 restore = got[2]
                 conditioned = self.cache.get_seq_length()
-            t0 = time.perf_counter()
+            t0 = self._now()
             if logits is None:
                 conditioned += 0 if got[2] is not None else retrieved[1]
                 logits = self._append_text(self.adapter.prompt.question_template.format(question=question.strip()), pos)
             else:
                 t0 = tr  # the fused prefill above is the question's prefill
-            t1 = time.perf_counter()
+            t1 = self._now()
             for _ in range(max_new):
                 last = logits[-1]
                 if self.keep_logits:
@@ -395,7 +403,7 @@ class StreamingSession(WindowedStream, RequeryStream):
                     break
                 emb = self.adapter.embed_text(torch.tensor([nxt]))
                 logits = self._append(emb, self.adapter.positions.text(pos, 1))
-            t2 = time.perf_counter()
+            t2 = self._now()
         finally:
             if callable(restore):  # the question's tokens went into the narrowed tensors, which are dropped
                 restore()

@@ -116,3 +116,63 @@ def test_accuracy_in_worker_processes_equals_one_process():
         assert a["report"].tokens_per_frame == b["report"].tokens_per_frame
     with pytest.raises(ValueError, match="accuracy_source"):
         run_bench(**kw, jobs=2)
+
+
+def test_timing_through_onnx_runtime_exports_each_variant_and_cleans_up(tmp_path):
+    kw = dict(methods=["none", "uniform", "stc"], ratios=[0.5], seeds=(1_000_000, 1_000_001), shape="tiny",
+              repeats=1, timing_streams=1, do_accuracy=False, work_dir=str(tmp_path))
+    eager = run_bench(**kw)
+    ort = run_bench(**kw, timing_backend="onnxruntime")
+    assert ort.config["backend"] == "onnxruntime" and ort.config["device"] == "cpu"
+    assert [t.label for t in ort.timing] == [t.label for t in eager.timing]
+    for a, b in zip(eager.timing, ort.timing):
+        assert b.backend == "onnxruntime"
+        assert a.value("tokens_kept") == b.value("tokens_kept") and a.value("tokens_in") == b.value("tokens_in")
+        assert b.value("vision_ms") > 0 and b.value("prefill_ms") > 0 and b.value("peak_mb") > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("export-")]  # one export at a time, then none
+
+
+def test_timing_backend_choice_says_why_tensorrt_cannot_run(monkeypatch):
+    import torch
+
+    from vlmedge.bench import exported
+
+    with pytest.raises(InputError, match="timing backend must be one of"):
+        exported.resolve_backend("cuda")
+    if exported.engines_buildable_here():
+        pytest.skip("this machine can build TensorRT engines")
+    with pytest.raises(InputError, match="cannot run here"):
+        exported.resolve_backend("tensorrt")
+    monkeypatch.setattr(exported, "ort_has_cuda", lambda: False)
+    assert exported.resolve_backend("auto") == "torch"
+    monkeypatch.setattr(exported, "ort_has_cuda", lambda: True)
+    assert exported.resolve_backend("auto") == "onnxruntime"
+    assert exported.device_of(shapes.build(shapes.get_shape("tiny"))) == "cpu" or torch.cuda.is_available()
+
+
+def test_stage_clock_waits_for_the_device_on_cuda(monkeypatch, tiny_adapters):
+    import torch
+
+    from vlmedge.runtime import StreamingSession
+
+    s = StreamingSession(tiny_adapters["llava_onevision"], "none")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append(1))
+    s.push_frame(camworld.generate(1_000_000, split="eval").frames[0], 0.0)
+    assert not calls  # a CPU model never touches CUDA
+    s._cuda = True
+    s.push_frame(camworld.generate(1_000_000, split="eval").frames[1], 0.5)
+    assert len(calls) >= 4  # every stage boundary of the frame
+
+
+def test_whole_device_peak_samples_used_device_memory(monkeypatch):
+    import time
+
+    import torch
+
+    used = iter([100, 300, 200] + [150] * 10_000)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1000 - next(used), 1000))
+    with PeakMemory("cuda", whole_device=True) as m:
+        time.sleep(0.05)
+    assert m.peak_mb == 300 / 2**20

@@ -36,6 +36,11 @@ def register(sub) -> None:
                    help="worker processes for the accuracy half, each opening the model with an equal share of "
                         "the threads (evaluation runs one small stream at a time, so processes scale better than "
                         "threads); timing always runs alone (default 1)")
+    p.add_argument("--timing-backend", default="torch", choices=["torch", "onnxruntime", "tensorrt", "auto"],
+                   help="what runs the timing model: PyTorch eager (CPU), or the model exported per variant and run "
+                        "by ONNX Runtime (its best provider here: CUDA on a GPU machine) or TensorRT engines built "
+                        "here; auto = TensorRT, else ONNX Runtime on CUDA, else torch. The GPU mode "
+                        "(default %(default)s)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy half")
     p.add_argument("--no-timing", action="store_true", help="skip the latency half")
     p.add_argument("--backends", action="store_true",
@@ -80,7 +85,7 @@ def run(args) -> int:
     result = run_bench(methods=methods, ratios=ratios, quick=args.quick, seeds=seeds, shape=args.shape,
                        repeats=args.repeats, timing_streams=args.streams, accuracy_model=model, accuracy_name=name,
                        do_accuracy=not args.no_accuracy, do_timing=not args.no_timing, work_dir=args.out,
-                       jobs=args.jobs, accuracy_source=model_spec(args))
+                       jobs=args.jobs, accuracy_source=model_spec(args), timing_backend=args.timing_backend)
     md = report.markdown(result)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report.to_json(result), f, indent=2)
