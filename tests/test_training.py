@@ -72,3 +72,24 @@ def test_type_weights_follow_errors():
         w.update("where", 0.0)
     counts = w.per_type(10)
     assert counts["where"] > counts["color"] >= 1 and sum(counts.values()) in (10, 11)
+
+
+def test_token_drop_prunes_training_clips(tmp_path, monkeypatch):
+    from vlmedge.models.training import trainer
+
+    seen = []
+    real = trainer.keep_indices
+
+    def spy(plan, mask, rng):
+        idx = real(plan, mask, rng)
+        seen.append((plan.mode, idx.numel(), mask.numel()))
+        return idx
+
+    monkeypatch.setattr(trainer, "keep_indices", spy)
+    cfg = TrainConfig(family="llava_onevision", out=str(tmp_path / "m"), work=str(tmp_path / "w"), minutes=10,
+                      batch=2, questions=7, max_steps=2, shape="tiny", val_streams=1, threads=1, vision_minutes=0,
+                      token_drop=1.0)
+    res = train(cfg, log=lambda m: None)
+    assert res["steps"] == 2 and seen
+    assert all(1 <= k <= round(0.6 * n) for _, k, n in seen)  # within the 10-60% keep range
+    assert not [1 for c in res["curve"] for v in c.values() if v != v]  # validation (full frames) ran, no NaN
