@@ -56,23 +56,43 @@ def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
     return [blocks[i] for i in sorted(chosen)]
 
 
-def focus(cache, prefix: int, parts) -> "callable":
+def shift_keys(adapter, keys: torch.Tensor, delta: int) -> torch.Tensor:
+    """Post-RoPE `keys [B, H, L, hd]` moved by `delta` positions: RoPE rotates each channel pair by position x
+    frequency, so rotating cached keys by `delta` x frequency equals computing them at the shifted position.
+    Every RoPE row moves by the same `delta`, which for M-RoPE is again one angle per frequency."""
+    if delta == 0:
+        return keys
+    from vlmedge.models.layer_runner import LayerRunner
+
+    runner = LayerRunner(adapter)
+    n = keys.shape[2]
+    ids = torch.full((adapter.positions.rows, n), int(delta), dtype=torch.long)
+    cos, sin = runner.rotary(keys.new_zeros(1, n, 1).float(), ids)
+    scale = float(getattr(runner.lm.rotary_emb, "attention_scaling", 1.0) or 1.0)  # applied once already
+    cos, sin = (cos[0] / scale).to(keys.dtype), (sin[0] / scale).to(keys.dtype)  # [L, hd]
+    half = keys.shape[-1] // 2
+    rotated = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
+    return keys * cos + rotated * sin
+
+
+def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
     """Makes the cache hold only its first `prefix` entries followed by `parts` (time order): a live block
     `(start, length)` or an offloaded block's per-layer (keys, values). Returns the function that puts the full
     cache back. The stream's own tensors are only set aside, never copied: the question's context is the only new
-    memory, and it is at most prefix + the retrieval allowance + the local blocks."""
+    memory, and it is at most prefix + the retrieval allowance + the local blocks. `shifts` (one per part, with
+    `adapter`): move each part's keys by that many positions (`shift_keys`); the moved keys are new tensors too."""
     saved = [(layer.keys, layer.values) for layer in cache.layers]
     for li, layer in enumerate(cache.layers):
         k, v = saved[li]
         ks, vs = [k[:, :, :prefix]], [v[:, :, :prefix]]
-        for part in parts:
+        for j, part in enumerate(parts):
             if isinstance(part, tuple):
                 start, length = part
-                ks.append(k[:, :, start:start + length])
-                vs.append(v[:, :, start:start + length])
+                pk, pv = k[:, :, start:start + length], v[:, :, start:start + length]
             else:
-                ks.append(part[li][0].to(k.device, k.dtype))
-                vs.append(part[li][1].to(v.device, v.dtype))
+                pk, pv = part[li][0].to(k.device, k.dtype), part[li][1].to(v.device, v.dtype)
+            ks.append(shift_keys(adapter, pk, shifts[j]) if shifts else pk)
+            vs.append(pv)
         layer.keys, layer.values = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
     def restore():

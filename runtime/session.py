@@ -38,14 +38,16 @@ class StreamingSession(WindowedStream, RequeryStream):
                  keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8,
                  memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1,
                  eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0,
-                 retrieval: str = "append"):
+                 retrieval: str = "append", focus_positions: str = "compact"):
         """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
         stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
         Without either the stream grows with every frame. `eviction` ("evict" or "offload"), `offload_tokens` and
         `retrieve_tokens` choose what happens to blocks that leave (runtime/token_store.py). `retrieval` (offload
         policy): "append" adds the best offloaded blocks to the whole cache for a question; "focus" answers from the
         prompt and sink frames, the best blocks among live and offloaded ones within `retrieve_tokens`, and the
-        latest frames (runtime/retrieval.py `focus`)."""
+        latest frames (runtime/retrieval.py `focus`); `focus_positions` "compact" lays those blocks end to end after
+        the sinks (their keys re-rotated) and asks the question right after them, "original" leaves every position
+        where it was."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -90,6 +92,9 @@ class StreamingSession(WindowedStream, RequeryStream):
                              "none (use eviction='evict')")
         if retrieval not in ("append", "focus"):
             raise InputError(f"retrieval must be 'append' or 'focus', got {retrieval!r}")
+        if focus_positions not in ("compact", "original"):
+            raise InputError(f"focus_positions must be 'compact' or 'original', got {focus_positions!r}")
+        self.focus_positions = focus_positions
         self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
                                  int(retrieve_tokens), focus=retrieval == "focus")
                       if max_stream_tokens is not None else None)
@@ -130,7 +135,9 @@ class StreamingSession(WindowedStream, RequeryStream):
         if self.store is not None:
             self.store.reset()
             self._reported = (0, 0)
+        self._span = None
         self._append_text(self.adapter.prompt.prefix)
+        self._prefix_span, self._span = self._span, None
 
     @property
     def stream_tokens(self) -> int:
@@ -145,6 +152,9 @@ class StreamingSession(WindowedStream, RequeryStream):
     def _append(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Prefills into the cache; on failure the cache is cut back so the stream stays consistent."""
         before = self.cache.get_seq_length()
+        if position_ids.numel():  # the span of position ids the next stored block occupies
+            lo, hi = int(position_ids.min()), int(position_ids.max()) + 1
+            self._span = (lo, hi) if self._span is None else (min(lo, self._span[0]), max(hi, self._span[1]))
         try:
             return self.adapter.forward_llm(embeds, position_ids, self.cache)
         except Exception:
@@ -267,7 +277,8 @@ class StreamingSession(WindowedStream, RequeryStream):
 
     def _stored(self, start: int, kind: str, time_s: float) -> None:
         if self.store is not None:
-            self.store.add(start, self.cache.get_seq_length() - start, kind, time_s)
+            self.store.add(start, self.cache.get_seq_length() - start, kind, time_s, span=self._span)
+        self._span = None
 
     def _retrieve(self, question: str, pos, may_focus: bool = True):
         """Offload policy: the offloaded blocks that best match `question` join the cache for this question only
@@ -291,8 +302,10 @@ class StreamingSession(WindowedStream, RequeryStream):
             picked = choose(entries, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
             host_ids = {id(b) for b in store.host}
             chosen = sorted(picked + local, key=lambda b: b.time_s)
+            shifts = self._compact_shifts(chosen, pos) if self.focus_positions == "compact" else None
             restore = focus(self.cache, live[0].start,
-                            [b.kv if id(b) in host_ids else (b.start, b.length) for b in chosen])
+                            [b.kv if id(b) in host_ids else (b.start, b.length) for b in chosen],
+                            shifts=shifts, adapter=self.adapter)
             from_host = [b for b in picked if id(b) in host_ids]
             store.retrieved_blocks += len(from_host)
             return len(from_host), sum(b.length for b in from_host), restore
@@ -304,6 +317,22 @@ class StreamingSession(WindowedStream, RequeryStream):
             append_kv(self.cache, b.kv)
         store.retrieved_blocks += len(chosen)
         return len(chosen), sum(b.length for b in chosen), None
+
+    def _compact_shifts(self, chosen, pos) -> list[int] | None:
+        """Position shifts that lay the focused blocks end to end right after the sinks, and the question after
+        them (`pos` is moved), as InfLLM and ReKV place retrieved blocks inside the local window. A question then
+        sees its evidence at the distances of a short clip (what the model was trained on) instead of thousands
+        of positions back. None (nothing moves) when a block's span is unknown."""
+        sinks = self.store.blocks[:self.store.sink_blocks]
+        if any(b.span is None for b in chosen) or any(b.span is None for b in sinks) or self._prefix_span is None:
+            return None
+        cursor = max([self._prefix_span[1]] + [b.span[1] for b in sinks])
+        shifts = []
+        for b in chosen:
+            shifts.append(cursor - b.span[0])
+            cursor += b.span[1] - b.span[0]
+        pos.next = cursor
+        return shifts
 
     def memory(self) -> dict:
         """Bytes this stream accounts for: the model's weights (shared between sessions on one adapter), the
@@ -405,6 +434,7 @@ class StreamingSession(WindowedStream, RequeryStream):
                 logits = self._append(emb, self.adapter.positions.text(pos, 1))
             t2 = self._now()
         finally:
+            self._span = None  # the question's appends belong to no block
             if callable(restore):  # the question's tokens went into the narrowed tensors, which are dropped
                 restore()
             elif restore is not None:

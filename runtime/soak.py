@@ -95,6 +95,9 @@ def _oldest_cached_s(session) -> float:
     return store.blocks[store.sink_blocks].time_s
 
 
+SOAK_POLICIES = ("evict", "offload", "focus", "focus-original")
+
+
 def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget=None,
          max_stream_tokens: int | None = None, sink_frames: int = 1, offload_tokens: int = 0,
          retrieve_tokens: int = 0, seed_start: int = 1_000_000, sample_every_s: float = 60.0,
@@ -102,11 +105,18 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
 
-    # "focus": the offload policy with focused questions (StreamingSession retrieval="focus")
+    # "focus": the offload policy with focused questions (StreamingSession retrieval="focus"), its blocks laid end
+    # to end; "focus-original": the same with every block left at its original positions
+    if policy not in SOAK_POLICIES:
+        from vlmedge.errors import InputError
+
+        raise InputError(f"soak policy must be one of {', '.join(SOAK_POLICIES)}, got {policy!r}")
+    focused = policy in ("focus", "focus-original")
     session = StreamingSession(adapter, method, max_new_tokens=3, memory_budget=memory_budget,
                                max_stream_tokens=max_stream_tokens, sink_frames=sink_frames,
-                               eviction="offload" if policy == "focus" else policy, offload_tokens=offload_tokens,
-                               retrieve_tokens=retrieve_tokens, retrieval="focus" if policy == "focus" else "append")
+                               eviction="offload" if focused else policy, offload_tokens=offload_tokens,
+                               retrieve_tokens=retrieve_tokens, retrieval="focus" if focused else "append",
+                               focus_positions="original" if policy == "focus-original" else "compact")
     hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": [], "recall": [],
                                     "recall_in_cache": [], "recall_evicted": []}
     samples, peak_tracked, peak_rss = [], 0, 0

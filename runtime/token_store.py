@@ -35,6 +35,7 @@ class Block:
     kind: str  # "frame", "window" or "audio"
     time_s: float
     kv: list | None = None  # offloaded: per-layer (keys, values) host copies
+    span: tuple[int, int] | None = None  # position ids it occupies, [lo, hi) over every RoPE row (None: unknown)
 
 
 @dataclass
@@ -73,9 +74,9 @@ class TokenStore:
         self.evicted_blocks = self.evicted_tokens = self.offloaded_blocks = self.dropped_blocks = 0
         self.retrieved_blocks = 0
 
-    def add(self, start: int, length: int, kind: str, time_s: float) -> None:
+    def add(self, start: int, length: int, kind: str, time_s: float, span: tuple[int, int] | None = None) -> None:
         if length > 0:
-            self.blocks.append(Block(start, length, kind, float(time_s)))
+            self.blocks.append(Block(start, length, kind, float(time_s), span=span))
 
     def make_room(self, cache, incoming: int) -> list[Block]:
         """Moves the oldest non-sink blocks out until `incoming` more entries fit; returns them (oldest first)."""

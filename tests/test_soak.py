@@ -4,7 +4,8 @@ import pytest
 from vlmedge.runtime.soak import soak
 
 
-@pytest.mark.parametrize("policy,extra", [("evict", {}), ("offload", {"offload_tokens": 80, "retrieve_tokens": 30})])
+@pytest.mark.parametrize("policy,extra", [("evict", {}), ("offload", {"offload_tokens": 80, "retrieve_tokens": 30}),
+                                          ("focus", {"offload_tokens": 80, "retrieve_tokens": 30})])
 def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     a = tiny_adapters["llava_onevision"]
     r = soak(a, "uniform:ratio=0.25", 240, policy=policy, max_stream_tokens=100, sample_every_s=10.0,
@@ -16,7 +17,7 @@ def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     assert r.store["evicted_blocks"] > 100
     growth = r.growth(30, 110)
     assert growth is not None and abs(growth) < 0.05  # resident memory flat once the store is full
-    if policy == "offload":
+    if policy != "evict":
         assert r.store["retrieved_blocks"] > 0 and r.store["dropped_blocks"] > 0
     # recall questions: asked 3 clips later, when 100 tokens no longer hold their clip
     c = r.counts
@@ -39,3 +40,10 @@ def test_recall_questions_name_an_object_unique_in_their_clip():
             assert q.text == f"what color appeared just before the {r.name} ?"
             assert q.answer == clip.objects[q.refs[0]].colour
     assert found >= 3
+
+
+def test_an_unknown_policy_is_refused(tiny_adapters):
+    from vlmedge.errors import InputError
+
+    with pytest.raises(InputError, match="focus-original"):
+        soak(tiny_adapters["llava_onevision"], "none", 4, policy="lru", max_stream_tokens=100)

@@ -230,3 +230,74 @@ def test_a_focused_question_sees_prefix_best_blocks_and_latest_frames(tiny_adapt
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
     with pytest.raises(InputError, match="retrieval must be"):
         StreamingSession(a, "none", max_stream_tokens=40, eviction="offload", offload_tokens=27, retrieval="all")
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_shifted_cached_keys_equal_keys_computed_at_the_shifted_positions(tiny_adapters, family):
+    from vlmedge.models.layer_runner import LayerRunner
+    from vlmedge.runtime.retrieval import shift_keys
+
+    a = tiny_adapters[family]
+    runner = LayerRunner(a)
+    hd = runner.lm.config.hidden_size // runner.lm.config.num_attention_heads
+    torch.manual_seed(0)
+    raw = torch.randn(1, 2, 9, hd)
+    rows = a.positions.rows
+    ids = torch.stack([torch.arange(40, 49) + 3 * r for r in range(rows)])  # M-RoPE rows need not agree
+
+    def rope(k, pos):
+        cos, sin = runner.rotary(k.new_zeros(1, k.shape[2], 1), pos)
+        half = hd // 2
+        return k * cos[0] + torch.cat([-k[..., half:], k[..., :half]], -1) * sin[0]
+
+    for delta in (-37, 5, 1000):
+        assert torch.allclose(shift_keys(a, rope(raw, ids), delta), rope(raw, ids + delta), atol=1e-4)
+
+
+def _one_layer(adapter):
+    """A copy whose LLM keeps only its first decoder layer: then cached keys and values depend on each token and
+    its position alone, not on the context they were computed in, so a stream rebuilt from some of its frames
+    must hold exactly the same entries."""
+    import copy
+
+    a = copy.deepcopy(adapter)
+    lm = a.language_model()
+    lm.layers = torch.nn.ModuleList(list(lm.layers)[:1])
+    for cfg in {id(c): c for c in (lm.config, a.model.config.get_text_config())}.values():
+        cfg.num_hidden_layers = 1
+        if getattr(cfg, "layer_types", None):
+            cfg.layer_types = cfg.layer_types[:1]
+    return a
+
+
+def test_a_focused_question_with_compact_positions_equals_a_stream_of_just_what_it_sees(tiny_adapters):
+    """Compact focus lays the sink, the kept offloaded block and the live blocks end to end: the answer's logits
+    equal those of a fresh stream that was shown only those frames."""
+    a = _one_layer(tiny_adapters["llava_onevision"])
+    frames = make_frames(7, seed=11)
+    probe = StreamingSession(a, "none")
+    prefix = probe.stream_tokens
+    probe.push_frame(frames[0], time_s=0.0)
+    block = probe.stream_tokens - prefix
+    # the cache holds the prompt, the sink and 3 frames; the host store keeps only the last offloaded frame
+    s = StreamingSession(a, "none", max_stream_tokens=prefix + 4 * block, eviction="offload", offload_tokens=block,
+                         retrieve_tokens=100 * block, retrieval="focus", keep_logits=True)
+    for i, f in enumerate(frames):
+        s.push_frame(f, time_s=float(i))
+    assert [b.time_s for b in s.store.host] == [3.0] and s.store.dropped_blocks == 2
+    focused = s.ask(Q, max_new_tokens=1)
+    assert focused.retrieved_blocks == 1
+    ref = StreamingSession(a, "none", keep_logits=True)
+    for i in (0, 3, 4, 5, 6):
+        ref.push_frame(frames[i], time_s=float(i))
+    expected = ref.ask(Q, max_new_tokens=1)
+    assert focused.stream_tokens == expected.stream_tokens
+    assert torch.allclose(focused.logits[0], expected.logits[0], atol=1e-4)
+    original = StreamingSession(a, "none", max_stream_tokens=prefix + 4 * block, eviction="offload",
+                                offload_tokens=block, retrieve_tokens=100 * block, retrieval="focus",
+                                focus_positions="original", keep_logits=True)
+    for i, f in enumerate(frames):
+        original.push_frame(f, time_s=float(i))
+    assert not torch.allclose(original.ask(Q, max_new_tokens=1).logits[0], expected.logits[0], atol=1e-4)
+    with pytest.raises(InputError, match="focus_positions"):
+        StreamingSession(a, "none", focus_positions="packed")

@@ -20,8 +20,8 @@ def register(sub) -> None:
     p.add_argument("--max-stream-tokens", type=int, default=2048, help="stream KV capacity when no budget is given")
     p.add_argument("--policies", default="evict,offload,focus",
                    help="comma-separated: evict, offload (retrieved blocks join the cache for a question), focus "
-                        "(offload; a question sees the prompt, the best blocks and the latest frames) "
-                        "(default %(default)s)")
+                        "(offload; a question sees the prompt, the best blocks and the latest frames, laid end to end), "
+                        "focus-original (focus with every block at its original positions) (default %(default)s)")
     p.add_argument("--offload-tokens", type=int, default=8192)
     p.add_argument("--retrieve-tokens", type=int, default=512)
     p.add_argument("--recall-after", type=int, default=8, metavar="CLIPS",
@@ -47,8 +47,8 @@ def run(args) -> int:
 
         r = soak(adapter, args.method, args.frames, policy=policy,
                  memory_budget=args.memory_budget, max_stream_tokens=None if args.memory_budget else args.max_stream_tokens,
-                 offload_tokens=args.offload_tokens if policy in ("offload", "focus") else 0,
-                 retrieve_tokens=args.retrieve_tokens if policy in ("offload", "focus") else 0,
+                 offload_tokens=args.offload_tokens if policy != "evict" else 0,
+                 retrieve_tokens=args.retrieve_tokens if policy != "evict" else 0,
                  recall_after=args.recall_after, progress=progress)
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
