@@ -56,23 +56,26 @@ def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
     return [blocks[i] for i in sorted(chosen)]
 
 
-def shift_keys(adapter, keys: torch.Tensor, delta: int) -> torch.Tensor:
-    """Post-RoPE `keys [B, H, L, hd]` moved by `delta` positions: RoPE rotates each channel pair by position x
-    frequency, so rotating cached keys by `delta` x frequency equals computing them at the shifted position.
-    Every RoPE row moves by the same `delta`, which for M-RoPE is again one angle per frequency."""
-    if delta == 0:
-        return keys
+def key_shift(adapter, delta: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) `[n, head_dim]` that move post-RoPE keys by `delta` positions: RoPE rotates each channel pair
+    by position x frequency, so rotating cached keys by `delta` x frequency equals computing them at the shifted
+    position. Every RoPE row moves by the same `delta`, which for M-RoPE is again one angle per frequency. The
+    same for every layer, so `focus` computes it once per block."""
     from vlmedge.models.layer_runner import LayerRunner
 
     runner = LayerRunner(adapter)
-    n = keys.shape[2]
     ids = torch.full((adapter.positions.rows, n), int(delta), dtype=torch.long)
-    cos, sin = runner.rotary(keys.new_zeros(1, n, 1).float(), ids)
-    scale = float(getattr(runner.lm.rotary_emb, "attention_scaling", 1.0) or 1.0)  # applied once already
-    cos, sin = (cos[0] / scale).to(keys.dtype), (sin[0] / scale).to(keys.dtype)  # [L, hd]
-    half = keys.shape[-1] // 2
-    rotated = torch.cat([-keys[..., half:], keys[..., :half]], dim=-1)
-    return keys * cos + rotated * sin
+    cos, sin = runner.rotary(torch.zeros(1, n, 1), ids)
+    scale = float(getattr(runner.lm.rotary_emb, "attention_scaling", 1.0) or 1.0)  # the keys carry it already
+    return cos[0] / scale, sin[0] / scale
+
+
+def shift_keys(keys: torch.Tensor, shift: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`keys [B, H, L, hd]` rotated by `key_shift`'s (cos, sin)."""
+    from vlmedge.models.layer_runner import _rotate_half
+
+    cos, sin = (t.to(keys.device, keys.dtype) for t in shift)
+    return keys * cos + _rotate_half(keys) * sin
 
 
 def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
@@ -82,6 +85,8 @@ def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
     memory, and it is at most prefix + the retrieval allowance + the local blocks. `shifts` (one per part, with
     `adapter`): move each part's keys by that many positions (`shift_keys`); the moved keys are new tensors too."""
     saved = [(layer.keys, layer.values) for layer in cache.layers]
+    lengths = [p[1] if isinstance(p, tuple) else p[0][0].shape[2] for p in parts]
+    rotations = [key_shift(adapter, d, n) if d else None for d, n in zip(shifts or [0] * len(parts), lengths)]
     for li, layer in enumerate(cache.layers):
         k, v = saved[li]
         ks, vs = [k[:, :, :prefix]], [v[:, :, :prefix]]
@@ -91,7 +96,7 @@ def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
                 pk, pv = k[:, :, start:start + length], v[:, :, start:start + length]
             else:
                 pk, pv = part[li][0].to(k.device, k.dtype), part[li][1].to(v.device, v.dtype)
-            ks.append(shift_keys(adapter, pk, shifts[j]) if shifts else pk)
+            ks.append(shift_keys(pk, rotations[j]) if rotations[j] is not None else pk)
             vs.append(pv)
         layer.keys, layer.values = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
