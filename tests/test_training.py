@@ -80,8 +80,8 @@ def test_token_drop_prunes_training_clips(tmp_path, monkeypatch):
     seen = []
     real = trainer.keep_indices
 
-    def spy(plan, mask, rng):
-        idx = real(plan, mask, rng)
+    def spy(plan, mask, rng, features=None):
+        idx = real(plan, mask, rng, features)
         seen.append((plan.mode, idx.numel(), mask.numel()))
         return idx
 
@@ -92,4 +92,5 @@ def test_token_drop_prunes_training_clips(tmp_path, monkeypatch):
     res = train(cfg, log=lambda m: None)
     assert res["steps"] == 2 and seen
     assert all(1 <= k <= round(0.6 * n) for _, k, n in seen)  # within the 10-60% keep range
+    assert {m for m, _, _ in seen} <= {"random", "objects", "salient"}
     assert not [1 for c in res["curve"] for v in c.values() if v != v]  # validation (full frames) ran, no NaN

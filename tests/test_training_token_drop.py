@@ -34,13 +34,30 @@ def test_random_keeps_about_the_frame_share_of_objects():
     assert len({tuple(keep_indices(DropPlan("random", 0.3), mask, rng).tolist()) for _ in range(5)}) == 5
 
 
+def test_salient_keeps_the_tokens_farthest_from_the_frame_mean():
+    mask = torch.zeros(10, dtype=torch.bool)
+    f = torch.zeros(10, 4)
+    f[3] = torch.tensor([5.0, 0, 0, 0])   # the outlier
+    f[7] = torch.tensor([0, -3.0, 0, 0])  # the second
+    f[1] = torch.tensor([0, 0, 1.0, 0])   # the third
+    rng = np.random.default_rng(0)
+    assert keep_indices(DropPlan("salient", 0.2), mask, rng, f).tolist() == [3, 7]
+    assert keep_indices(DropPlan("salient", 0.3), mask, rng, f).tolist() == [1, 3, 7]
+    # the ranking ignores the object mask and the generator: features decide
+    assert keep_indices(DropPlan("salient", 0.2), ~mask, np.random.default_rng(5), f).tolist() == [3, 7]
+    with pytest.raises(ValueError, match="needs the frame's 10 token features"):
+        keep_indices(DropPlan("salient", 0.2), mask, rng)
+    with pytest.raises(ValueError, match="needs the frame's 10 token features"):
+        keep_indices(DropPlan("salient", 0.2), mask, rng, f[:5])
+
+
 def test_plans_follow_the_share_and_range():
     rng = np.random.default_rng(0)
     assert all(TokenDrop(0.0).plan(rng) is None for _ in range(50))
     plans = [TokenDrop(0.5, 0.2, 0.4).plan(rng) for _ in range(400)]
     made = [p for p in plans if p is not None]
     assert 160 < len(made) < 240
-    assert {p.mode for p in made} == {"random", "objects"}
+    assert {p.mode for p in made} == {"random", "objects", "salient"}
     assert all(0.2 <= p.keep <= 0.4 for p in made)
     with pytest.raises(InputError, match="share of training clips"):
         TokenDrop(1.5)

@@ -66,7 +66,7 @@ def pack_example(adapter, ex, tokens, family: str, rng: np.random.Generator | No
     for i, tok in zip(range(ex.start, ex.end), tokens):
         keep = None
         if ex.drop is not None:
-            keep = keep_indices(ex.drop, dense.token_labels(stream, i, tok.grid_hw)[:, 0] > 0, rng)
+            keep = keep_indices(ex.drop, dense.token_labels(stream, i, tok.grid_hw)[:, 0] > 0, rng, tok.features)
         packer.frame(tok, stream.frame_time(i), keep=keep)
         if family == "qwen2_5_omni" and stream.audio.size and (i + 1) % per_sec == 0:
             sec = (i + 1) // per_sec - 1
