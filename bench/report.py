@@ -21,18 +21,22 @@ def _ratio(x, base) -> str:
 
 def timing_table(timing: list, baseline: str = "none") -> str:
     base = next((t for t in timing if t.label == baseline), None)
+    # audio-video models: the audio encoder's time per frame gets a column (prefill already includes audio)
+    audio = any(t.metrics["audio_ms"].median > 0 for t in timing if "audio_ms" in t.metrics)
 
     def b(name):
         return base.value(name) if base else None
 
-    head = ("| method | tokens/frame | vision ms | vision × | prefill ms | prefill × | TTFT ms | decode tok/s "
-            "| KV MB | peak MB |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| method | tokens/frame | vision ms | vision × | " + ("audio ms | " if audio else "") +
+            "prefill ms | prefill × | TTFT ms | decode tok/s | KV MB | peak MB |")
+    lines = [head, "|" + "---|" * (10 + audio)]
     for t in timing:
         m = t.metrics
+        audio_cell = f"| {_f(m['audio_ms'].median)} " if audio else ""
         lines.append(
             f"| {t.label} | {_f(m['tokens_kept'].median)} of {_f(m['tokens_in'].median, '{:.0f}')} "
             f"| {_f(m['vision_ms'].median)} ± {_f(m['vision_ms'].spread / 2)} | {_ratio(m['vision_ms'].median, b('vision_ms'))} "
+            f"{audio_cell}"
             f"| {_f(m['prefill_ms'].median)} ± {_f(m['prefill_ms'].spread / 2)} | {_ratio(m['prefill_ms'].median, b('prefill_ms'))} "
             f"| {_f(m['ttft_ms'].median)} | {_f(m['decode_tok_s'].median)} | {_f(m['kv_mb'].median, '{:.2f}')} "
             f"| {_f(m['peak_mb'].median, '{:.0f}')} |")
@@ -42,18 +46,26 @@ def timing_table(timing: list, baseline: str = "none") -> str:
 def accuracy_table(accuracy: list, baseline: str = "none") -> str:
     base = next((a for a in accuracy if a["label"] == baseline), None)
     types = [q for q in ACC_TYPES if any(q in a["report"].accuracy for a in accuracy)]
-    head = "| method | tokens/frame | overall | of none | " + " | ".join(types) + " |"
-    lines = [head, "|" + "---|" * (4 + len(types))]
+    # audio-video runs: the share of ALL tokens kept, which is what OmniZip's "45% retained" means
+    av = any(getattr(a["report"], "retention", None) is not None for a in accuracy)
+    head = "| method | tokens/frame | " + ("kept (video+audio) | " if av else "") + "overall | of none | " \
+        + " | ".join(types) + " |"
+    lines = [head, "|" + "---|" * (4 + av + len(types))]
     for a in accuracy:
         r = a["report"]
         keep = f"{r.tokens_per_frame:.1f} of {r.tokens_in_per_frame:.0f}"
+        if av:
+            ret = getattr(r, "retention", None)
+            # frame methods keep every audio token; only window methods count both
+            audio = f" (audio {r.audio_retention:.0%})" if getattr(r, "audio_retention", None) is not None else ""
+            keep += " | " + (f"{ret:.1%}{audio}" if ret is not None else "–")
         base_acc = base["report"].accuracy["overall"] if base else 0.0
         rel = f"{r.accuracy['overall'] / base_acc:.1%}" if base_acc else "–"
         cells = " | ".join(_f(r.accuracy.get(q), "{:.3f}") for q in types)
         lines.append(f"| {a['label']} | {keep} | {r.accuracy['overall']:.3f} | {rel} | {cells} |")
     if accuracy:
         r = accuracy[0]["report"]
-        lines.append("| chance | | " + f"{r.chance['overall']:.3f} | | "
+        lines.append("| chance | | " + ("| " if av else "") + f"{r.chance['overall']:.3f} | | "
                      + " | ".join(_f(r.chance.get(q), "{:.3f}") for q in types) + " |")
     return "\n".join(lines)
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from vlmedge.bench.plan import METHODS, variants
 
-QUICK = {"ratios": (0.327, 0.111), "seeds": (1_000_000, 1_000_040), "timing_streams": 1, "repeats": 2,
-         "shape": "siglip-base+qwen2-0.5b-6l"}
-FULL = {"ratios": (0.5, 0.327, 0.2, 0.111), "seeds": (1_000_000, 1_000_200), "timing_streams": 2, "repeats": 3,
-        "shape": "siglip-base+qwen2-0.5b"}
+# timing shapes per family: bench/shapes.py DEFAULT_SHAPES
+QUICK = {"ratios": (0.327, 0.111), "seeds": (1_000_000, 1_000_040), "timing_streams": 1, "repeats": 2}
+FULL = {"ratios": (0.5, 0.327, 0.2, 0.111), "seeds": (1_000_000, 1_000_200), "timing_streams": 2, "repeats": 3}
+# OmniZip's two published settings are total retentions (its ρa/ρv pairs), not visual keep ratios
+OMNI_RATIOS = (0.45, 0.35)
 
 
 @dataclass
@@ -36,11 +37,12 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
               repeats: int | None = None, timing_streams: int | None = None, accuracy_model=None,
               accuracy_name: str = "", do_accuracy: bool = True, do_timing: bool = True,
               work_dir: str = "bench-results", jobs: int = 1, accuracy_source: tuple[str, str] | None = None,
-              timing_backend: str = "torch") -> BenchResult:
+              timing_backend: str = "torch", family: str | None = None) -> BenchResult:
     """`jobs` > 1 evaluates the accuracy variants in that many worker processes, each opening the model from
     `accuracy_source` ((model spec, backend) as `runtime.model_source.open_model` takes them) with an equal
     share of the threads. Timing always runs in this process, alone, with `timing_backend` (bench/exported.py:
-    torch, onnxruntime, tensorrt or auto — the GPU mode)."""
+    torch, onnxruntime, tensorrt or auto — the GPU mode). `family` picks the default timing shape and ratios
+    (default: the accuracy model's family, else LLaVA-OneVision)."""
     import torch
 
     from vlmedge.bench import shapes
@@ -50,9 +52,10 @@ def run_bench(methods=METHODS, ratios=None, quick: bool = False, seeds=None, sha
     from vlmedge.runtime.evaluation import evaluate
 
     preset = QUICK if quick else FULL
-    ratios = tuple(ratios or preset["ratios"])
+    family = family or getattr(accuracy_model, "family", None) or "llava_onevision"
+    ratios = tuple(ratios or (OMNI_RATIOS if family == "qwen2_5_omni" else preset["ratios"]))
     seeds = tuple(seeds or preset["seeds"])
-    shape_obj = shapes.get_shape(shape or preset["shape"])
+    shape_obj = shapes.get_shape(shape or shapes.default_shape(family, quick))
     repeats = repeats or preset["repeats"]
     timing_streams = timing_streams or preset["timing_streams"]
     backend = resolve_backend(timing_backend) if do_timing else "torch"

@@ -30,6 +30,10 @@ class EvalReport:
     peak_rss_mb: float
     wall_s: float
     answers: list[dict] = field(default_factory=list, repr=False)
+    # window methods (OmniZip and its baselines): share of all tokens (video + audio) and of audio tokens kept,
+    # from the committed windows; None for frame methods, which never drop audio
+    retention: float | None = None
+    audio_retention: float | None = None
 
     def to_json(self, with_answers: bool = False) -> str:
         d = asdict(self)
@@ -46,6 +50,8 @@ class EvalReport:
             lines.append(f"{q:<10} {self.accuracy[q]:>9.3f} {self.chance[q]:>7.3f} {self.counts[q]:>5}")
         lines.append(f"{'overall':<10} {self.accuracy['overall']:>9.3f} {self.chance['overall']:>7.3f} {self.counts['overall']:>5}")
         lines.append(f"visual tokens per frame: {self.tokens_per_frame:.1f} kept of {self.tokens_in_per_frame:.1f}")
+        if self.retention is not None:
+            lines.append(f"tokens kept (video + audio): {self.retention:.1%}, audio {self.audio_retention:.1%}")
         lines.append("per frame ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.ms.items()))
         lines.append(f"peak RSS {self.peak_rss_mb:.0f} MB, wall {self.wall_s:.1f} s")
         return "\n".join(lines)
@@ -81,6 +87,7 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
     chance = camworld.chance_levels()
     hits: dict[str, list[float]] = {}
     answers, kept, seen = [], [], []
+    windows = []
     stage = {"encode": [], "compress": [], "prefill": [], "question_prefill": [], "decode": []}
     t_start = time.perf_counter()
     session = None
@@ -106,6 +113,7 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
             stage["decode"].append(ans.decode_ms)
             answers.append({"seed": seed, "frame": q.frame, "qtype": q.qtype, "question": q.text,
                             "truth": q.answer, "answer": ans.text, "correct": bool(ok)})
+        windows += session.window_stats
         if progress:
             progress(n + 1, seeds[1] - seeds[0])
     acc = {q: float(np.mean(v)) for q, v in hits.items()}
@@ -119,4 +127,13 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
                       tokens_per_frame=float(np.mean(kept)), tokens_in_per_frame=float(np.mean(seen)),
                       ms={k: float(np.median(v)) if v else 0.0 for k, v in stage.items()},
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      wall_s=time.perf_counter() - t_start, answers=answers)
+                      wall_s=time.perf_counter() - t_start, answers=answers, **window_retention(windows))
+
+
+def window_retention(windows) -> dict:
+    """`retention` and `audio_retention` over committed windows (empty dict without windows)."""
+    v_in, v_kept = sum(w.video_in for w in windows), sum(w.video_kept for w in windows)
+    a_in, a_kept = sum(w.audio_in for w in windows), sum(w.audio_kept for w in windows)
+    if not windows or v_in + a_in == 0:
+        return {}
+    return {"retention": (v_kept + a_kept) / (v_in + a_in), "audio_retention": a_kept / a_in if a_in else None}

@@ -20,6 +20,17 @@ class FrameStats:
 
 
 @dataclass
+class AudioStats:
+    """One pushed audio chunk: its encoder time, and (frame methods) the time to prefill its tokens; a window
+    method prefills audio with its window, so there `prefill_ms` is 0 and the window's stats hold it."""
+
+    time_s: float
+    tokens: int
+    encode_ms: float
+    prefill_ms: float
+
+
+@dataclass
 class WindowStats:
     """One committed window of a window method: token counts, time, and the method's own facts (`info`)."""
 

@@ -25,7 +25,7 @@ from vlmedge.models.positions import PositionState
 from vlmedge.models.preprocess import validate_frame
 from vlmedge.runtime.kv_tail import cut_to, restore_tail, take_tail
 from vlmedge.runtime.layout import frame_inputs
-from vlmedge.runtime.records import Answer, FrameStats, WindowStats
+from vlmedge.runtime.records import Answer, AudioStats, FrameStats, WindowStats
 from vlmedge.runtime.requery import RequeryStream, _piece, _Segment
 from vlmedge.runtime.token_store import TokenStore
 from vlmedge.runtime.windowing import WindowedStream, _Buffered
@@ -129,6 +129,7 @@ class StreamingSession(WindowedStream, RequeryStream):
         self._next_sample_time: float | None = None
         self._last_time: float | None = None
         self.window_stats: list[WindowStats] = []
+        self.audio_stats: list[AudioStats] = []
         self._pending: list[_Buffered] = []  # window methods: the open window's encoded items, in push order
         self._pending_window: int | None = None
         self._segments: list[_Segment] = []  # query-conditioned methods: appends since the oldest re-selectable frame
@@ -248,11 +249,15 @@ class StreamingSession(WindowedStream, RequeryStream):
     def push_audio(self, wave, time_s: float) -> int:
         """Adds an audio chunk starting at `time_s` (omni models); returns the number of audio tokens (before any
         pruning; with a window method the chunk is buffered until its window is compressed)."""
+        t0 = self._now()
         audio = self.adapter.encode_audio(wave)
+        t1 = self._now()
+        n = int(audio.features.shape[0])
         if self.window_s is not None:
             self._close_before(self._window_of(float(time_s)))
             self._buffer(_Buffered("audio", float(time_s), audio), self._window_of(float(time_s)))
-            return int(audio.features.shape[0])
+            self.audio_stats.append(AudioStats(float(time_s), n, (t1 - t0) * 1e3, 0.0))
+            return n
         pos = self.positions.copy()
         ids = self.adapter.positions.audio(pos, audio.features.shape[0], float(time_s), audio.seconds_per_token)
         self._make_room(int(audio.features.shape[0]))
@@ -261,7 +266,8 @@ class StreamingSession(WindowedStream, RequeryStream):
         self._stored(start, "audio", float(time_s))
         self.positions = pos
         self._record(_Segment(start, embeds=audio.features, ids=ids))
-        return int(audio.features.shape[0])
+        self.audio_stats.append(AudioStats(float(time_s), n, (t1 - t0) * 1e3, (self._now() - t1) * 1e3))
+        return n
 
     # ----- the token store -----
     def _make_room(self, incoming: int) -> None:

@@ -63,7 +63,7 @@ def test_bench_end_to_end_writes_tables(tiny_adapters, tmp_path):
     assert labels == [t.label for t in res.timing]
     assert labels[:2] == ["none", "uniform 50%"] and "stc cacher only" in labels and "script dpp-only 50%" in labels
     md = report.markdown(res)
-    assert "| none |" in md and "1.00×" in md and "Accuracy" in md
+    assert "| none |" in md and "1.00×" in md and "Accuracy" in md and "audio ms" not in md
     data = json.loads(json.dumps(report.to_json(res)))
     assert {t["label"] for t in data["timing"]} == set(labels)
     pngs = report.plots(res, str(tmp_path))
@@ -176,3 +176,59 @@ def test_whole_device_peak_samples_used_device_memory(monkeypatch):
     with PeakMemory("cuda", whole_device=True) as m:
         time.sleep(0.05)
     assert m.peak_mb == 300 / 2**20
+
+
+def test_omnizip_rows_use_the_papers_ratio_pairs_with_both_baselines_at_the_same_retention():
+    from vlmedge.bench.plan import omnizip_rhos
+
+    plan, _ = variants(["none", "omnizip"], [0.45, 0.35], 64, True)
+    specs = {v.label: v.spec for v in plan}
+    assert specs["omnizip 45%"] == "omnizip:rho_a=0.3,rho_v=0.6,exact_budget=true"  # the paper's "45% retained"
+    assert specs["omnizip 35%"] == "omnizip:rho_a=0.4,rho_v=0.7,exact_budget=true"  # and its "35%"
+    assert specs["omnizip random 45%"] == "omnizip_random:rho_a=0.3,rho_v=0.6,exact_budget=true"
+    assert specs["omnizip video-only 35%"] == "omnizip_videoonly:rho_a=0.4,rho_v=0.7,exact_budget=true"
+    # with audio a sixth of the tokens (Omni at 2 fps), each pair keeps its nominal share of all tokens
+    for k in (0.45, 0.35, 0.25):
+        rho = dict(kv.split("=") for kv in omnizip_rhos(k).split(","))
+        kept = (1 - float(rho["rho_a"])) / 6 + (1 - float(rho["rho_v"])) * 5 / 6
+        assert kept == pytest.approx(k, abs=1e-3)
+    assert omnizip_rhos(0.02) == "rho_a=0.73,rho_v=1" and omnizip_rhos(0.9) == "rho_a=0,rho_v=0.15"
+
+
+def test_omni_timing_shape_builds_the_thinker_and_times_omnizip_against_its_baselines():
+    from vlmedge.bench.shapes import default_shape
+
+    assert default_shape("qwen2_5_omni", quick=True) == "qwen2.5-omni-3b-short"
+    assert default_shape("llava_onevision", quick=False) == "siglip-base+qwen2-0.5b"
+    big = shapes.get_shape("qwen2.5-omni-3b")
+    assert big.tokens_per_frame == 64 and big.family == "qwen2_5_omni"
+    shape = shapes.get_shape("tiny-omni")
+    adapter = shapes.build(shape)
+    assert adapter.has_audio and adapter.family == "qwen2_5_omni"
+    res = run_bench(methods=["none", "omnizip"], ratios=[0.45], seeds=(1_000_000, 1_000_001), shape="tiny-omni",
+                    repeats=1, timing_streams=1, do_accuracy=False, family="qwen2_5_omni")
+    labels = [t.label for t in res.timing]
+    assert labels == ["none", "omnizip 45%", "omnizip random 45%", "omnizip video-only 45%"]
+    none, oz, rnd = (next(t for t in res.timing if t.label == x) for x in labels[:3])
+    assert none.value("tokens_kept") == none.value("tokens_in") == shape.tokens_per_frame
+    # equal retention by construction: the random baseline keeps OmniZip's count in every window
+    assert oz.value("tokens_kept") == rnd.value("tokens_kept") < none.value("tokens_kept")
+    assert oz.value("prefill_ms") > 0 and none.value("audio_ms") > 0 and oz.value("audio_ms") > 0
+    table = report.timing_table(res.timing)
+    assert "| audio ms |" in table.split("\n")[0]
+
+
+def test_omni_accuracy_table_reports_retention_of_all_tokens(tiny_adapters):
+    res = run_bench(methods=["none", "omnizip"], ratios=[0.45], seeds=(1_000_000, 1_000_002), do_timing=False,
+                    accuracy_model=tiny_adapters["qwen2_5_omni"], accuracy_name="tiny-omni")
+    by = {a["label"]: a["report"] for a in res.accuracy}
+    assert by["none"].retention is None  # a frame method never drops audio
+    for label in ("omnizip 45%", "omnizip random 45%", "omnizip video-only 45%"):
+        assert 0.2 < by[label].retention < 0.7 and by[label].audio_retention is not None
+    assert by["omnizip 45%"].retention == pytest.approx(by["omnizip random 45%"].retention)
+    assert by["omnizip video-only 45%"].audio_retention == 1.0  # video-only keeps every audio token
+    rows = report.accuracy_table(res.accuracy).split("\n")
+    assert "| kept (video+audio) |" in rows[0]
+    oz_row = next(r for r in rows if r.startswith("| omnizip 45% |"))
+    assert f"{by['omnizip 45%'].retention:.1%} (audio " in oz_row
+    assert next(r for r in rows if r.startswith("| none |")).split(" | ")[2] == "–"

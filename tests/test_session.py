@@ -106,3 +106,13 @@ def test_omni_stream_takes_audio_on_the_shared_time_axis(tiny_adapters):
     assert n == 25
     assert s.positions.next >= s.positions.origin + 25  # 1 s of audio spans 25 time ids
     assert s.ask("what sound ?", max_new_tokens=1).text is not None
+    # the chunk's encoder and prefill time are recorded (bench timing counts audio prefill per frame)
+    (st,) = s.audio_stats
+    assert (st.time_s, st.tokens) == (0.0, 25) and st.encode_ms > 0 and st.prefill_ms > 0
+    # a window method buffers audio: its prefill is the window's, not the chunk's
+    w = StreamingSession(a, "omnizip")
+    w.push_frame(make_frames(1)[0], time_s=0.0)
+    w.push_audio((np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), time_s=0.0)
+    assert w.audio_stats[0].tokens == 25 and w.audio_stats[0].prefill_ms == 0.0
+    s.reset()
+    assert s.audio_stats == []

@@ -26,10 +26,12 @@ def register(sub) -> None:
                                     f"({', '.join(METHODS[3:])})")
     p.add_argument("--methods", help=f"comma-separated methods (default: all of {', '.join(METHODS)})")
     p.add_argument("--ratios", help="comma-separated keep ratios, e.g. 0.327,0.111 (STC's 64/196 and Script's "
-                                    "88.9%% pruned)")
+                                    "88.9%% pruned); OmniZip reads each as a total audio+video retention (default "
+                                    "for Omni models 0.45,0.35, the paper's two settings)")
     p.add_argument("--seeds", help="accuracy seeds, START:END or START+COUNT (quick 1000000+40, full 1000000+200)")
-    p.add_argument("--shape", choices=sorted(SHAPES), help="timing model shape (quick: siglip-base+qwen2-0.5b-6l, "
-                                                          "full: siglip-base+qwen2-0.5b)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="timing model shape (LLaVA-OneVision: quick "
+                                                          "siglip-base+qwen2-0.5b-6l, full siglip-base+qwen2-0.5b; "
+                                                          "Qwen2.5-Omni: qwen2.5-omni-3b-short)")
     p.add_argument("--repeats", type=int, help="timed runs per variant after one warm-up (quick 2, full 3)")
     p.add_argument("--streams", type=int, help="camworld streams per timed run (quick 1, full 2)")
     p.add_argument("--jobs", type=int, default=1,
@@ -85,7 +87,8 @@ def run(args) -> int:
     result = run_bench(methods=methods, ratios=ratios, quick=args.quick, seeds=seeds, shape=args.shape,
                        repeats=args.repeats, timing_streams=args.streams, accuracy_model=model, accuracy_name=name,
                        do_accuracy=not args.no_accuracy, do_timing=not args.no_timing, work_dir=args.out,
-                       jobs=args.jobs, accuracy_source=model_spec(args), timing_backend=args.timing_backend)
+                       jobs=args.jobs, accuracy_source=model_spec(args), timing_backend=args.timing_backend,
+                       family=getattr(model, "family", None) or args.family)
     md = report.markdown(result)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(report.to_json(result), f, indent=2)
@@ -116,7 +119,7 @@ def _backends(args) -> int:
     method = args.method or "stc"
     os.makedirs(args.out, exist_ok=True)
     model, name = load_model(args)
-    shape = shapes.get_shape(args.shape or QUICK["shape"])
+    shape = shapes.get_shape(args.shape or shapes.default_shape(getattr(model, "family", args.family), True))
 
     def build():
         log(f"building {shape.description} with random weights")
