@@ -9,8 +9,8 @@ the decoder's depth: per-layer costs and the ratios between methods stay the sam
 For audio-video (OmniZip) timing, Qwen2.5-Omni-3B's thinker: its Qwen2.5 vision tower (14-px patches merged
 2x2, window attention), its Whisper-style audio tower (25 LLM tokens per second) and its Qwen2.5-3B decoder.
 At camworld's 2 fps and 224 px a second holds 128 video and 25 audio tokens, the audio share (1/6) the OmniZip
-paper's "45% / 35% retained" settings imply. The full depth (32 + 32 + 36 layers, ~4.5 B parameters in fp32) is
-for GPU machines; the `-short` shape keeps every width and a quarter of the layers for CPU runs.
+paper's "45% / 35% retained" settings imply. The full depth (32 + 32 + 36 layers, ~4.3 B parameters, 17 GB in
+fp32) is for GPU machines; the `-short` shape keeps every width and a quarter of the layers for CPU runs.
 """
 from __future__ import annotations
 
@@ -133,13 +133,13 @@ def _build_omni(shape: Shape, tok):
     from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter
 
     ids = tok.convert_tokens_to_ids
-    # Omni-3B's window attention (112 px windows) with full attention in every 8th block; shortened towers keep
-    # the same share of full-attention blocks
-    full_every = max(1, shape.vit_layers // 4)
+    # Omni-3B's window attention (112-px windows) with full attention in every 8th block (7, 15, 23, 31); a
+    # shortened tower keeps that rhythm, and at least its last block attends fully
+    full_attention = list(range(7, shape.vit_layers, 8)) or [shape.vit_layers - 1]
     vision = dict(depth=shape.vit_layers, hidden_size=shape.vit_hidden, intermediate_size=shape.vit_mlp,
                   num_heads=shape.vit_heads, patch_size=shape.patch_size, spatial_merge_size=shape.merge,
                   temporal_patch_size=2, window_size=112, out_hidden_size=shape.llm_hidden,
-                  fullatt_block_indexes=list(range(full_every - 1, shape.vit_layers, full_every)))
+                  fullatt_block_indexes=full_attention)
     audio = dict(num_mel_bins=128, encoder_layers=shape.audio_layers, encoder_attention_heads=shape.audio_heads,
                  encoder_ffn_dim=shape.audio_ffn, d_model=shape.audio_hidden, output_dim=shape.llm_hidden,
                  n_window=100, max_source_positions=1500)
