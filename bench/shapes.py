@@ -130,9 +130,8 @@ def _build_llava(shape: Shape, tok):
 def _build_omni(shape: Shape, tok):
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter
+    from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter, special_token_ids
 
-    ids = tok.convert_tokens_to_ids
     # Omni-3B's window attention (112-px windows) with full attention in every 8th block (7, 15, 23, 31); a
     # shortened tower keeps that rhythm, and at least its last block attends fully
     full_attention = list(range(7, shape.vit_layers, 8)) or [shape.vit_layers - 1]
@@ -152,9 +151,6 @@ def _build_omni(shape: Shape, tok):
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section})
     cfg = Qwen2_5OmniThinkerConfig(
         audio_config=audio, vision_config=vision, text_config=text, tie_word_embeddings=True,
-        audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|image_pad|>"),
-        video_token_index=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"), audio_start_token_id=ids("<|audio_bos|>"),
-        audio_end_token_id=ids("<|audio_eos|>"))
+        **special_token_ids(tok))
     model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(cfg, attn_implementation="sdpa").eval()
     return Qwen25OmniAdapter(model, tok, frame_size=(shape.image_size, shape.image_size))

@@ -54,6 +54,15 @@ def omni_prompt(tokenizer, audio: bool = True) -> PromptFormat:
     )
 
 
+def special_token_ids(tok) -> dict:
+    """The thinker config's special-token fields, from a tokenizer that holds Qwen2.5-Omni's marker tokens."""
+    ids = tok.convert_tokens_to_ids
+    return dict(audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|image_pad|>"),
+                video_token_index=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                vision_end_token_id=ids("<|vision_end|>"), audio_start_token_id=ids("<|audio_bos|>"),
+                audio_end_token_id=ids("<|audio_eos|>"))
+
+
 class Qwen25OmniAdapter(QwenVisionMixin, Adapter):
     family = "qwen2_5_omni"
     model_types = ("qwen2_5_omni_thinker", "qwen2_5_omni")
@@ -71,15 +80,11 @@ class Qwen25OmniAdapter(QwenVisionMixin, Adapter):
     def tiny(cls, seed: int = 0, frame_size=(32, 48), words=None) -> "Qwen25OmniAdapter":
         torch.manual_seed(seed)
         tok = build_word_tokenizer(words) if words is not None else build_word_tokenizer()
-        ids = tok.convert_tokens_to_ids
         audio = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, d_model=32,
                      output_dim=64, n_window=50, max_source_positions=1500)
         cfg = Qwen2_5OmniThinkerConfig(
             audio_config=audio, vision_config=tiny_qwen_vision(), text_config=tiny_qwen_text(tok),
-            audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|image_pad|>"),
-            video_token_index=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-            vision_end_token_id=ids("<|vision_end|>"), audio_start_token_id=ids("<|audio_bos|>"),
-            audio_end_token_id=ids("<|audio_eos|>"), tie_word_embeddings=True)
+            tie_word_embeddings=True, **special_token_ids(tok))
         model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
         return cls(model, tok, frame_size=frame_size)
 

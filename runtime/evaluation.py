@@ -51,7 +51,8 @@ class EvalReport:
         lines.append(f"{'overall':<10} {self.accuracy['overall']:>9.3f} {self.chance['overall']:>7.3f} {self.counts['overall']:>5}")
         lines.append(f"visual tokens per frame: {self.tokens_per_frame:.1f} kept of {self.tokens_in_per_frame:.1f}")
         if self.retention is not None:
-            lines.append(f"tokens kept (video + audio): {self.retention:.1%}, audio {self.audio_retention:.1%}")
+            audio = "" if self.audio_retention is None else f", audio {self.audio_retention:.1%}"
+            lines.append(f"tokens kept (video + audio): {self.retention:.1%}{audio}")
         lines.append("per frame ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.ms.items()))
         lines.append(f"peak RSS {self.peak_rss_mb:.0f} MB, wall {self.wall_s:.1f} s")
         return "\n".join(lines)
@@ -134,6 +135,6 @@ def window_retention(windows) -> dict:
     """`retention` and `audio_retention` over committed windows (empty dict without windows)."""
     v_in, v_kept = sum(w.video_in for w in windows), sum(w.video_kept for w in windows)
     a_in, a_kept = sum(w.audio_in for w in windows), sum(w.audio_kept for w in windows)
-    if not windows or v_in + a_in == 0:
+    if v_in + a_in == 0:  # no windows (a frame method), or windows with nothing in them
         return {}
     return {"retention": (v_kept + a_kept) / (v_in + a_in), "audio_retention": a_kept / a_in if a_in else None}

@@ -54,11 +54,10 @@ def llava_onevision(seed: int):
 
 
 def qwen2_5_omni(seed: int):
-    from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter
+    from vlmedge.models.qwen2_5_omni import Qwen25OmniAdapter, special_token_ids
 
     torch.manual_seed(seed)
     tok = reference_tokenizer()
-    ids = tok.convert_tokens_to_ids
     vision = dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, patch_size=8, spatial_merge_size=2,
                   temporal_patch_size=2, window_size=48, fullatt_block_indexes=[1, 3], out_hidden_size=192)
     audio = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512, d_model=128,
@@ -66,9 +65,7 @@ def qwen2_5_omni(seed: int):
     text = _text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
     cfg = Qwen2_5OmniThinkerConfig(
         audio_config=audio, vision_config=vision, text_config=text, tie_word_embeddings=True,
-        audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|image_pad|>"), video_token_index=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        audio_start_token_id=ids("<|audio_bos|>"), audio_end_token_id=ids("<|audio_eos|>"))
+        **special_token_ids(tok))
     model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(cfg, attn_implementation="sdpa")
     return Qwen25OmniAdapter(model, tok, frame_size=(FRAME, FRAME))
 

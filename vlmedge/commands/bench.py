@@ -108,7 +108,7 @@ def _backends(args) -> int:
 
     from vlmedge.bench import shapes
     from vlmedge.bench.backends import compare_backends, markdown, to_json
-    from vlmedge.bench.run import QUICK, log
+    from vlmedge.bench.run import log
     from vlmedge.models import camworld
 
     from vlmedge.errors import InputError
