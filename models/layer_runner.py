@@ -162,14 +162,21 @@ class LayerRunner:
 
     def queries(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """Post-RoPE queries `[1, H, n, head_dim]` of rows given by their layer input `[n, D]` and rotary tables."""
+        return self._project(layer_idx, "q_proj", layer_input_rows, cos, sin)
+
+    def keys(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Post-RoPE keys `[1, kvH, n, head_dim]` of rows given by their layer input `[n, D]` and rotary tables."""
+        return self._project(layer_idx, "k_proj", layer_input_rows, cos, sin)
+
+    def _project(self, layer_idx: int, proj: str, layer_input_rows: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         layer = self.lm.layers[layer_idx]
         attn = layer.self_attn
         head_dim = int(attn.head_dim)
         x = layer.input_layernorm(layer_input_rows)
-        q = attn.q_proj(x).view(1, x.shape[0], -1, head_dim).transpose(1, 2)  # [1, H, n, hd]
+        v = getattr(attn, proj)(x).view(1, x.shape[0], -1, head_dim).transpose(1, 2)  # [1, heads, n, hd]
         rope = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None) or _default_rope
-        q, _ = rope(q, q, cos, sin)
-        return q
+        v, _ = rope(v, v, cos, sin)
+        return v
 
     def attention_logits(self, layer_idx: int, layer_input_rows: Tensor, cos: Tensor, sin: Tensor,
                          cache: DynamicCache) -> Tensor:

@@ -87,3 +87,28 @@ def test_a_dropped_clip_packs_fewer_tokens_at_their_original_positions():
     assert torch.equal(full.positions[..., -8:], pruned.positions[..., -8:])
     assert set(pruned.positions.flatten().tolist()) < set(full.positions.flatten().tolist())
     assert pruned.answers == full.answers
+
+
+def test_objects_salient_keeps_objects_then_the_most_distinct_background():
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[2, 7]] = True
+    feats = torch.zeros(10, 3)
+    feats[4] = 5.0   # the outlying background token
+    feats[9] = 3.0   # the next one
+    feats[2] = 0.1   # objects need not be distinct to be kept first
+    feats[7] = 0.2
+    keep = keep_indices(DropPlan("objects-salient", 0.4), mask, np.random.default_rng(0), feats)
+    assert keep.tolist() == [2, 4, 7, 9]
+    # the plain `objects` mode fills the same budget with random background instead
+    picks = {tuple(keep_indices(DropPlan("objects", 0.4), mask, np.random.default_rng(s)).tolist()) for s in range(20)}
+    assert len(picks) > 1 and all({2, 7} <= set(p) for p in picks)
+
+
+def test_token_drop_modes_are_drawn_by_their_listed_weight_and_checked():
+    rng = np.random.default_rng(1)
+    drop = TokenDrop(1.0, modes=("salient", "objects-salient", "objects-salient"))
+    drawn = [drop.plan(rng).mode for _ in range(600)]
+    assert set(drawn) == {"salient", "objects-salient"}
+    assert 0.6 < drawn.count("objects-salient") / 600 < 0.73
+    with pytest.raises(InputError, match="objects-salient"):
+        TokenDrop(0.5, modes=("salience",))

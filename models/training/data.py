@@ -46,6 +46,7 @@ class Example:
     end: int
     questions: list  # [(frame_in_clip, text, answer, qtype)]
     drop: object = None  # token_drop.DropPlan: show the clip with visual tokens dropped (None: all tokens)
+    evidence: list = field(default_factory=list)  # per question: (object ids it is about, first frame in clip)
 
 
 def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], config=None,
@@ -62,7 +63,8 @@ def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], 
     for qtype, k in counts.items():
         qs += camworld.sample_questions(stream, rng, per_type=k, qtypes=(qtype,))
     if not crop:
-        return [Example(stream, 0, stream.num_frames, [(q.frame, q.text, q.answer, q.qtype) for q in qs])]
+        return [Example(stream, 0, stream.num_frames, [(q.frame, q.text, q.answer, q.qtype) for q in qs],
+                        evidence=[(q.refs, q.evidence_start) for q in qs])]
     # A clip per chosen frame, with as many distinct questions at that frame as the counts allow (answers
     # levelled within each type, as camworld's own sampler does), so a short clip carries a full load.
     cands = camworld.candidates(stream.world)
@@ -91,7 +93,8 @@ def stream_example(seed: int, rng: np.random.Generator, counts: dict[str, int], 
         if not at:
             continue
         start = min(q.evidence_start for q in at)
-        out.append(Example(stream, start, frame + 1, [(frame - start, q.text, q.answer, q.qtype) for q in at]))
+        out.append(Example(stream, start, frame + 1, [(frame - start, q.text, q.answer, q.qtype) for q in at],
+                           evidence=[(q.refs, q.evidence_start - start) for q in at]))
     return out
 
 

@@ -27,14 +27,15 @@ HEADS: dict[str, tuple[str, ...]] = {
 MIN_COVER = 0.25  # share of a token's pixels an object's box must cover for the token to show it
 
 
-def token_labels(stream, frame: int, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """`[h*w, len(HEADS)]` int64 labels (raster order) of one frame's tokens on a `grid_hw` token grid."""
+def token_objects(stream, frame: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """`[h*w]` int64 (raster order): the id of the object each token shows, -1 for none. A token shows the object
+    whose box covers the largest share of it, if that share is at least MIN_COVER."""
     h, w = grid_hw
     H, W = stream.config.height, stream.config.width
     ys, xs = np.linspace(0, H, h + 1), np.linspace(0, W, w + 1)
-    out = np.zeros((h, w, len(HEADS)), np.int64)
+    out = np.full((h, w), -1, np.int64)
     best = np.zeros((h, w))
-    for oid, obj in enumerate(stream.world.objects):
+    for oid in range(len(stream.world.objects)):
         x0, y0, x1, y1 = (int(v) for v in stream.boxes[frame, oid])
         if x0 < 0:
             continue
@@ -43,14 +44,23 @@ def token_labels(stream, frame: int, grid_hw: tuple[int, int]) -> torch.Tensor:
         oy = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
         cover = np.outer(oy, ox) / np.outer(np.diff(ys), np.diff(xs))
         take = (cover >= MIN_COVER) & (cover > best)
-        if not take.any():
+        out[take] = oid
+        best[take] = cover[take]
+    return torch.from_numpy(out.reshape(h * w))
+
+
+def token_labels(stream, frame: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """`[h*w, len(HEADS)]` int64 labels (raster order) of one frame's tokens on a `grid_hw` token grid."""
+    ids = token_objects(stream, frame, grid_hw)
+    table = np.zeros((len(stream.world.objects) + 1, len(HEADS)), np.int64)  # last row: "none" for id -1
+    for oid, obj in enumerate(stream.world.objects):
+        x0, y0, x1, y1 = (int(v) for v in stream.boxes[frame, oid])
+        if x0 < 0:
             continue
         quad = quadrant_of((x0 + x1) / 2, (y0 + y1) / 2, stream.config)
-        label = [HEADS["colour"].index(obj.colour), HEADS["shape"].index(obj.shape),
-                 HEADS["size"].index(obj.size), HEADS["quadrant"].index(quad)]
-        out[take] = label
-        best[take] = cover[take]
-    return torch.from_numpy(out.reshape(h * w, len(HEADS)))
+        table[oid] = [HEADS["colour"].index(obj.colour), HEADS["shape"].index(obj.shape),
+                      HEADS["size"].index(obj.size), HEADS["quadrant"].index(quad)]
+    return torch.from_numpy(table[ids.numpy()])
 
 
 class DenseHead(nn.Module):

@@ -25,6 +25,8 @@ class Packed:
     answer_at: list[int] = field(default_factory=list)  # index whose logits predict each question's answer
     answers: list[int] = field(default_factory=list)  # the answer token id per question
     qtypes: list[str] = field(default_factory=list)
+    frames: list = field(default_factory=list)  # per frame: (offset of its first visual token, kept grid indices)
+    audio: list = field(default_factory=list)  # per audio chunk: (offset, start time s, seconds per token, tokens)
 
 
 class StreamPacker:
@@ -37,6 +39,8 @@ class StreamPacker:
         self.ids: list[torch.Tensor] = []
         self.length = 0
         self.checkpoints: list[tuple[int, PositionState]] = []  # (stream length, positions) after each frame
+        self.frames: list[tuple[int, torch.Tensor]] = []  # (offset of the frame's first visual token, kept indices)
+        self.audio_chunks: list[tuple[int, float, float, int]] = []  # (offset, start s, s per token, tokens)
         self._text(adapter.prompt.prefix)
 
     def _add(self, emb, ids):
@@ -54,6 +58,7 @@ class StreamPacker:
         n = tokens.num_tokens
         keep = torch.arange(n) if keep is None else keep
         feats = features if features is not None else tokens.features[keep]
+        self.frames.append((self.length, keep))
         self._add(torch.cat([feats, tokens.trailer.to(feats.dtype)]), torch.cat([ids[:, keep], ids[:, n:]], dim=1))
         if self.adapter.prompt.frame_close:
             self._text(self.adapter.prompt.frame_close)
@@ -61,6 +66,7 @@ class StreamPacker:
 
     def audio(self, features: torch.Tensor, time_s: float, seconds_per_token: float):
         ids = self.adapter.positions.audio(self.pos, features.shape[0], time_s, seconds_per_token)
+        self.audio_chunks.append((self.length, time_s, seconds_per_token, features.shape[0]))
         self._add(features, ids)
         if self.checkpoints:  # audio heard during the last frame's interval belongs to that frame's view
             self.checkpoints[-1] = (self.length, self.pos.copy())
@@ -85,7 +91,8 @@ class StreamPacker:
         allowed = torch.zeros(total, total, dtype=torch.bool)
         allowed[:stream_len, :stream_len] = torch.ones(stream_len, stream_len, dtype=torch.bool).tril()
         targets = torch.full((total,), -100, dtype=torch.long)
-        packed = Packed(embeds=None, positions=None, allowed=allowed, targets=targets)
+        packed = Packed(embeds=None, positions=None, allowed=allowed, targets=targets, frames=list(self.frames),
+                        audio=list(self.audio_chunks))
         embeds, ids_all = list(self.embeds), list(self.ids)
         start = stream_len
         for end, ids, pids, qtype in blocks:

@@ -15,6 +15,9 @@ small model the same property. Three selections, with positions kept (gaps left,
   random background: 0.97), and STC's pruner, which keeps such tokens, 0.58 with 42 over-counts in 120.
   Diversity- and attention-based pruners (STC, DivPrune, VisionZip) all favour outlying tokens; a real VLM
   answers on them, so the instrument has to as well.
+- `objects-salient`: every object token first, then the most distinct background tokens — the exact set that
+  fooled the model above (objects plus outlying background), which `objects` and `salient` only meet by chance.
+`TokenDrop.modes` picks among them uniformly per clip; a mode listed twice is drawn twice as often.
 None is any method's own rule; the evaluated methods still see a model that never saw their selections.
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 
 from vlmedge.errors import InputError
 
-MODES = ("random", "objects", "salient")
+MODES = ("random", "objects", "salient", "objects-salient")
+DEFAULT_MODES = ("random", "objects", "salient")  # what earlier runs drew from; kept so their commands reproduce
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,13 @@ class TokenDrop:
     p: float = 0.0  # share of training clips shown pruned
     min_keep: float = 0.1
     max_keep: float = 0.6
+    modes: tuple[str, ...] = DEFAULT_MODES
 
     def __post_init__(self):
+        bad = [m for m in self.modes if m not in MODES]
+        if not self.modes or bad:
+            raise InputError(f"--token-drop-modes must list modes among {', '.join(MODES)} (repeat one to draw it "
+                             f"more often), got {','.join(self.modes) or 'nothing'}")
         if not 0.0 <= self.p <= 1.0:
             raise InputError(f"--token-drop must be a share of training clips in [0, 1], got {self.p}")
         if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
@@ -52,7 +61,7 @@ class TokenDrop:
         """Whether (and how) one clip is pruned; every frame of the clip uses the same plan, as a method would."""
         if self.p <= 0.0 or rng.random() >= self.p:
             return None
-        return DropPlan(MODES[int(rng.integers(len(MODES)))], float(rng.uniform(self.min_keep, self.max_keep)))
+        return DropPlan(self.modes[int(rng.integers(len(self.modes)))], float(rng.uniform(self.min_keep, self.max_keep)))
 
 
 def keep_indices(plan: DropPlan, object_mask: torch.Tensor, rng: np.random.Generator,
@@ -65,12 +74,15 @@ def keep_indices(plan: DropPlan, object_mask: torch.Tensor, rng: np.random.Gener
     if plan.mode == "objects":
         obj = object_mask.numpy()[order]
         order = np.concatenate([order[obj], order[~obj]])  # objects first, each group in random order
-    elif plan.mode == "salient":
+    elif plan.mode in ("salient", "objects-salient"):
         if features is None or features.shape[0] != n:
-            raise ValueError(f"token-drop 'salient' needs the frame's {n} token features, got "
+            raise ValueError(f"token-drop {plan.mode!r} needs the frame's {n} token features, got "
                              f"{None if features is None else tuple(features.shape)}")
         f = features.detach().float()
         order = torch.argsort((f - f.mean(0)).norm(dim=-1), descending=True, stable=True).numpy()
+        if plan.mode == "objects-salient":
+            obj = object_mask.numpy()[order]
+            order = np.concatenate([order[obj], order[~obj]])  # stable: background stays most distinct first
     elif plan.mode != "random":
         raise ValueError(f"token-drop mode must be one of {', '.join(MODES)}, got {plan.mode!r}")
     return torch.from_numpy(np.sort(order[:k])).long()

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmedge.models.training import data, dense
-from vlmedge.models.training.token_drop import TokenDrop, keep_indices
+from vlmedge.errors import InputError
+from vlmedge.models.layer_runner import LayerRunner
+from vlmedge.models.training import data, dense, grounding
+from vlmedge.models.training.token_drop import DEFAULT_MODES, TokenDrop, keep_indices
 from vlmedge.models.training.packing import StreamPacker, collate
 from vlmedge.models.training.reference import BUILDERS, FRAME
 
@@ -49,6 +51,24 @@ class TrainConfig:
     vision_minutes: float = 10.0  # from scratch: dense-only warm-up of the vision side first (part of `minutes`)
     restart_schedule: bool = False  # continuing: a new warm-up and cosine over the minutes still left
     token_drop: float = 0.0  # share of training clips shown with visual tokens dropped (token_drop.py)
+    token_drop_modes: tuple[str, ...] = DEFAULT_MODES  # selections drawn per dropped clip; repeats weight
+    ground_weight: float = 0.0  # weight of the grounding loss (grounding.py); 0: off (and not measured)
+    ground_layer: int = -1  # decoder layer it supervises; -1: the middle one
+    ground_head: int = 0  # attention head of that layer it supervises
+
+
+def ground_layer(adapter, cfg: TrainConfig) -> int | None:
+    """The decoder layer the grounding loss reads, or None when it is off."""
+    if cfg.ground_weight <= 0:
+        return None
+    n = int(adapter.language_model().config.num_hidden_layers)
+    layer = grounding.default_layer(n) if cfg.ground_layer < 0 else cfg.ground_layer
+    if layer >= n:
+        raise InputError(f"--ground-layer {layer} is out of range: the model has {n} decoder layers (0..{n - 1})")
+    heads = int(adapter.language_model().config.num_attention_heads)
+    if not 0 <= cfg.ground_head < heads:
+        raise InputError(f"--ground-head {cfg.ground_head} is out of range: the layers have {heads} heads (0..{heads - 1})")
+    return layer
 
 
 def qtypes_for(family: str) -> tuple[str, ...]:
@@ -87,7 +107,9 @@ def attach_audio_tokens(adapter, streams, family):
             s.audio_tokens.append(tower(mel, feature_lens=torch.tensor([mel.shape[1]])).last_hidden_state)
 
 
-def forward_batch(adapter, examples, family, rng: np.random.Generator | None = None):
+def forward_batch(adapter, examples, family, rng: np.random.Generator | None = None, ground_layer: int | None = None):
+    """Logits of one padded batch; with `ground_layer`, also each example's evidence attention mass at that
+    layer (`grounding.evidence_mass`, `[questions with evidence, heads]`), else None."""
     streams = list({id(ex.stream): ex.stream for ex in examples}.values())
     tokens = adapter.encode_frames([f for ex in examples for f in ex.stream.frames[ex.start:ex.end]])
     attach_audio_tokens(adapter, streams, family)
@@ -97,8 +119,16 @@ def forward_batch(adapter, examples, family, rng: np.random.Generator | None = N
         packed.append(pack_example(adapter, ex, tokens[k:k + n], family, rng))
         k += n
     embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
-    logits = adapter.forward_packed(embeds, positions, mask)
-    return logits, targets, packed, tokens
+    if ground_layer is None:
+        return adapter.forward_packed(embeds, positions, mask), targets, packed, tokens, None
+    runner = LayerRunner(adapter)
+    with grounding.LayerInput(runner.lm, ground_layer) as cap:
+        logits = adapter.forward_packed(embeds, positions, mask)
+    cos, sin = cap.rope
+    masses = [grounding.evidence_mass(runner, ground_layer, cap.hidden[b], (cos[b:b + 1], sin[b:b + 1]), p,
+                                      grounding.evidence_tokens(ex, p, tokens[0].grid_hw))
+              for b, (ex, p) in enumerate(zip(examples, packed))]
+    return logits, targets, packed, tokens, masses
 
 
 def dense_loss(head, examples, tokens):
@@ -143,16 +173,21 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     adapter.model.eval()
     rng = np.random.default_rng(12345)
     hits: dict[str, list[float]] = {}
+    ground: list[float] = []
     types = qtypes_for(cfg.family)
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
         ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
-        logits, _, packed, _ = forward_batch(adapter, ex, cfg.family)
+        logits, _, packed, _, masses = forward_batch(adapter, ex, cfg.family, ground_layer=ground_layer(adapter, cfg))
         for q, c in correct_by_type(logits, packed):
             hits.setdefault(q, []).append(c)
+        if masses is not None:
+            ground += [float(v) for m in masses for v in m[:, cfg.ground_head]]
     adapter.model.train()
     acc = {q: float(np.mean(v)) for q, v in sorted(hits.items())}
     acc["mean"] = float(np.mean(list(acc.values())))
+    if ground:  # the grounding head's attention mass on the evidence (not part of the mean)
+        acc["ground"] = float(np.mean(ground))
     return acc
 
 
@@ -230,7 +265,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"[train] {cfg.family}: {n_params / 1e6:.2f} M parameters, batch {cfg.batch} streams x {cfg.questions} questions, "
         f"budget {cfg.minutes:.0f} min, threads {torch.get_num_threads()}")
     budget = cfg.minutes * 60.0
-    dropper = TokenDrop(cfg.token_drop)
+    dropper = TokenDrop(cfg.token_drop, modes=tuple(cfg.token_drop_modes))
 
     def save():
         torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng.bit_generator.state,
@@ -249,7 +284,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         elapsed = sched_from = time.perf_counter() - t0
         log(f"[train] vision warm-up done: {n} steps in {elapsed / 60:.1f} min")
     last_ckpt = last_eval = time.perf_counter()
-    last_log, t_start, loss_avg, dense_acc = 0.0, time.perf_counter(), None, None
+    last_log, t_start, loss_avg, dense_acc, ground_avg = 0.0, time.perf_counter(), None, None, None
+    g_layer = ground_layer(adapter, cfg)
     while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):
         t0 = time.perf_counter()
         frac = min(1.0, max(0.0, (elapsed - sched_from) / max(budget - sched_from, 1.0)))
@@ -269,9 +305,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for group in filter(None, groups):
-            logits, targets, packed, tokens = forward_batch(adapter, group, cfg.family, rng)
+            logits, targets, packed, tokens, masses = forward_batch(adapter, group, cfg.family, rng, g_layer)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum") / n_targets
+            if masses is not None:
+                # per question, like the answer loss (two targets per question, hence the factor 2)
+                loss = loss + cfg.ground_weight * 2 * sum(grounding.grounding_loss(m, cfg.ground_head)
+                                                          for m in masses) / n_targets
+                best = torch.cat([m.detach()[:, cfg.ground_head] for m in masses])
+                if best.numel():
+                    ground_avg = float(best.mean()) if ground_avg is None else 0.9 * ground_avg + 0.1 * float(best.mean())
             if head is not None:
                 aux, aux_acc = dense_loss(head, group, tokens)
                 # each group's share of the step, as the answer loss is normalised over the whole step
@@ -293,7 +336,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             log(f"[train] step {step} {elapsed / 60:5.1f}/{cfg.minutes:.0f} min lr {lr:.2e} loss {loss_avg:.3f} "
                 f"{(now - t0):.2f}s/step  train acc {err}"
                 + ("" if dense_acc is None else "  tokens " + " ".join(
-                    f"{n}:{a:.2f}" for n, a in zip(dense.HEADS, dense_acc.tolist()))))
+                    f"{n}:{a:.2f}" for n, a in zip(dense.HEADS, dense_acc.tolist())))
+                + ("" if ground_avg is None else f"  evidence mass {ground_avg:.2f}"))
         last = elapsed >= budget or (cfg.max_steps and step >= cfg.max_steps)
         if now - last_eval > cfg.eval_minutes * 60 or last:
             acc = validate(adapter, cfg)

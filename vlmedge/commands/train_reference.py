@@ -33,6 +33,17 @@ def register(sub) -> None:
                    help="share of training clips shown with 10-60%% of each frame's visual tokens kept (a random "
                         "subset, or the object tokens first), positions kept, so answers do not hinge on how many "
                         "tokens arrive; 0 trains on full frames only (default %(default)s)")
+    p.add_argument("--token-drop-modes", default="random,objects,salient",
+                   help="comma-separated selections a dropped clip draws from uniformly (random, objects, salient, "
+                        "objects-salient; list one twice to draw it twice as often; default %(default)s)")
+    p.add_argument("--ground-weight", type=float, default=0.0,
+                   help="weight of the grounding loss: one attention head of --ground-layer is asked to look at the "
+                        "tokens of the object each question is about (from camworld's boxes; a training aid, not part "
+                        "of the model); 0 turns it off (default %(default)s)")
+    p.add_argument("--ground-layer", type=int, default=-1,
+                   help="decoder layer the grounding loss supervises (default: the middle one)")
+    p.add_argument("--ground-head", type=int, default=0,
+                   help="attention head of that layer the grounding loss supervises (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +56,9 @@ def run(args) -> int:
     cfg = TrainConfig(family=args.family, out=out, work=work, minutes=args.minutes, seed=args.seed, batch=args.batch,
                       questions=args.questions, lr=args.lr, threads=args.threads,
                       aux_weight=args.aux_weight, vision_minutes=args.vision_minutes,
-                      restart_schedule=args.restart_schedule, token_drop=args.token_drop)
+                      restart_schedule=args.restart_schedule, token_drop=args.token_drop,
+                      token_drop_modes=tuple(m.strip() for m in args.token_drop_modes.split(",") if m.strip()),
+                      ground_weight=args.ground_weight, ground_layer=args.ground_layer,
+                      ground_head=args.ground_head)
     train(cfg, log=lambda m: print(m, flush=True))
     return 0
