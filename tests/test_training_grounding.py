@@ -23,6 +23,21 @@ def _examples(seed=5, crop=False):
     return data.stream_example(seed, np.random.default_rng(seed), counts, crop=crop)
 
 
+def _eager_attention(a, embeds, positions, mask, layer):
+    """transformers' own attention probabilities `[B, H, L, L]` of `layer` for a collated batch."""
+    lm = a.language_model()
+    lm.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            # eager attention adds the mask to the logits, so it gets the additive form of our bool mask
+            additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+            pos = positions[0] if positions.shape[0] == 1 else positions
+            return lm(inputs_embeds=embeds.to(a.dtype), position_ids=pos, attention_mask=additive, use_cache=False,
+                      output_attentions=True).attentions[layer]
+    finally:
+        lm.set_attn_implementation("sdpa")
+
+
 def _pack(a, ex, rng=None):
     with torch.no_grad():
         tokens = a.encode_frames(ex.stream.frames[ex.start:ex.end])
@@ -66,16 +81,7 @@ def test_evidence_mass_equals_transformers_eager_attention():
     layer = 1
     with torch.no_grad(), grounding.LayerInput(runner.lm, layer) as cap:
         a.forward_packed(embeds, positions, mask)
-    lm = a.language_model()
-    lm.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            # eager attention adds the mask to the logits, so it gets the additive form of our bool mask
-            additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
-            ref = lm(inputs_embeds=embeds.to(a.dtype), position_ids=positions[0], attention_mask=additive,
-                     use_cache=False, output_attentions=True).attentions[layer]  # [B, H, L, L]
-    finally:
-        lm.set_attn_implementation("sdpa")
+    ref = _eager_attention(a, embeds, positions, mask, layer)
     cos, sin = cap.rope
     checked = 0
     for b, (ex, p) in enumerate(zip(exs, packed)):
@@ -175,15 +181,7 @@ def test_sound_questions_ground_on_the_audio_tokens_of_their_sound_and_match_eag
     runner = LayerRunner(a)
     with torch.no_grad(), grounding.LayerInput(runner.lm, 1) as cap:
         a.forward_packed(embeds, positions, mask)
-    lm = a.language_model()
-    lm.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
-            ref = lm(inputs_embeds=embeds.to(a.dtype), position_ids=positions, attention_mask=additive,
-                     use_cache=False, output_attentions=True).attentions[1]
-    finally:
-        lm.set_attn_implementation("sdpa")
+    ref = _eager_attention(a, embeds, positions, mask, 1)
     with torch.no_grad():
         mass = grounding.evidence_mass(runner, 1, cap.hidden[0], cap.rope, p, targets)
     rows = [i for i, t in enumerate(targets) if t.numel() and p.allowed[p.answer_at[i], t].any()]
