@@ -35,7 +35,13 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
     that the clip holds (count: every visible object; otherwise the answer's object, which camworld lists first).
     "sound": the audio tokens heard while the sound tied to its object played. Empty when there is nothing to
     show (a "no" to "is there ...", or evidence dropped from every frame)."""
-    out = []
+    out, objects = [], {}  # frame -> object id per token, computed once: a stream's questions share frames
+
+    def objects_at(f):
+        if f not in objects:
+            objects[f] = dense.token_objects(ex.stream, ex.start + f, grid_hw)
+        return objects[f]
+
     for (frame, _, _, qtype), (refs, first) in zip(ex.questions, ex.evidence):
         if qtype == "sound":
             out.append(_sound_tokens(ex, packed, refs[0]) if refs else torch.zeros(0, dtype=torch.long))
@@ -46,7 +52,7 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
             want = torch.tensor(ids)
             for f in range(max(first, 0), frame + 1):
                 offset, keep = packed.frames[f]
-                objs = dense.token_objects(ex.stream, ex.start + f, grid_hw)[keep]
+                objs = objects_at(f)[keep]
                 idx.append(offset + torch.nonzero(torch.isin(objs, want)).flatten())
         out.append(torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long))
     return out

@@ -57,7 +57,7 @@ class TrainConfig:
     ground_head: int = 0  # attention head of that layer it supervises
 
 
-def ground_layer(adapter, cfg: TrainConfig) -> int | None:
+def grounding_layer(adapter, cfg: TrainConfig) -> int | None:
     """The decoder layer the grounding loss reads, or None when it is off."""
     if cfg.ground_weight <= 0:
         return None
@@ -178,7 +178,7 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
         ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
-        logits, _, packed, _, masses = forward_batch(adapter, ex, cfg.family, ground_layer=ground_layer(adapter, cfg))
+        logits, _, packed, _, masses = forward_batch(adapter, ex, cfg.family, ground_layer=grounding_layer(adapter, cfg))
         for q, c in correct_by_type(logits, packed):
             hits.setdefault(q, []).append(c)
         if masses is not None:
@@ -285,7 +285,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         log(f"[train] vision warm-up done: {n} steps in {elapsed / 60:.1f} min")
     last_ckpt = last_eval = time.perf_counter()
     last_log, t_start, loss_avg, dense_acc, ground_avg = 0.0, time.perf_counter(), None, None, None
-    g_layer = ground_layer(adapter, cfg)
+    g_layer = grounding_layer(adapter, cfg)
     while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):
         t0 = time.perf_counter()
         frac = min(1.0, max(0.0, (elapsed - sched_from) / max(budget - sched_from, 1.0)))
