@@ -112,3 +112,19 @@ def test_token_drop_modes_are_drawn_by_their_listed_weight_and_checked():
     assert 0.6 < drawn.count("objects-salient") / 600 < 0.73
     with pytest.raises(InputError, match="objects-salient"):
         TokenDrop(0.5, modes=("salience",))
+
+
+def test_objects_tight_keeps_every_object_and_only_a_few_distinct_background_tokens():
+    n = 100
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[:30] = True  # objects cover 30% of the frame: more than `objects` would keep at a 0.2 draw
+    feats = torch.zeros(n, 3)
+    feats[50:60, 0] = torch.arange(10, 0, -1).float()  # background tokens 50.. are the most distinct, in order
+    keep = keep_indices(DropPlan("objects-tight", 0.25), mask, np.random.default_rng(0), feats)
+    # all 30 object tokens, then 0.25 * 0.2 * 100 = 5 background tokens, most distinct first
+    assert keep.tolist() == list(range(30)) + [50, 51, 52, 53, 54]
+    # the background share follows the draw, not the object share
+    keep = keep_indices(DropPlan("objects-tight", 0.6), ~torch.ones(n, dtype=torch.bool), np.random.default_rng(0), feats)
+    assert len(keep) == 12 and set(range(50, 56)) <= set(keep.tolist())
+    with pytest.raises(ValueError, match="objects-tight"):
+        keep_indices(DropPlan("objects-tight", 0.2), mask, np.random.default_rng(0))

@@ -35,7 +35,7 @@ def register(sub) -> None:
                         "tokens arrive; 0 trains on full frames only (default %(default)s)")
     p.add_argument("--token-drop-modes", default="random,objects,salient",
                    help="comma-separated selections a dropped clip draws from uniformly (random, objects, salient, "
-                        "objects-salient; list one twice to draw it twice as often; default %(default)s)")
+                        "objects-salient, objects-tight; list one twice to draw it twice as often; default %(default)s)")
     p.add_argument("--ground-weight", type=float, default=0.0,
                    help="weight of the grounding loss: one attention head of --ground-layer is asked to look at the "
                         "tokens of the object each question is about (from camworld's boxes; a training aid, not part "
