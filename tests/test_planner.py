@@ -66,6 +66,46 @@ def test_measured_workspace_is_positive(tiny_adapters):
     assert p.workspace_bytes >= 0 and p.weights_bytes > 0
 
 
+def test_a_warm_process_plans_with_the_first_measured_workspace(tiny_adapters, monkeypatch):
+    """Resident-memory growth reads ~0 once a process has streamed (freed pages stay mapped): here the readings
+    are 5 MiB on the first probe and 0 after. Every plan for the same adapter and method uses the first, so
+    sessions in one process get the same capacity; another method is measured on its own."""
+    import vlmedge.bench.memory as memory
+
+    growth = iter([5 * MiB, 0, 3 * MiB])
+
+    class Readings:
+        def __init__(self, device="cpu"):
+            self.peak_mb = 0.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.peak_mb = getattr(self, "grow", 0) / MiB
+            return False
+
+    calls = []
+
+    def fake(device="cpu"):
+        r = Readings(device)
+        calls.append(r)
+        if len(calls) % 2 == 0:  # probe opens `before` then `peak`: the second of each pair is the frame's
+            r.grow = next(growth)
+        return r
+
+    monkeypatch.setattr(memory, "PeakMemory", fake)
+    a = tiny_adapters["qwen2_5_vl"]
+    a.__dict__.pop("_probed_workspace", None)
+    first = plan_for(a, "uniform:ratio=0.5", 256 * MiB)
+    again = plan_for(a, "uniform:ratio=0.5", 256 * MiB)
+    assert first.workspace_bytes == again.workspace_bytes == 5 * MiB
+    assert again.capacity_tokens == first.capacity_tokens
+    other = plan_for(a, "random:ratio=0.5", 256 * MiB)
+    assert other.workspace_bytes == 3 * MiB
+    a.__dict__.pop("_probed_workspace", None)
+
+
 def test_plan_command(capsys):
     from vlmedge.cli import main
 
