@@ -112,6 +112,23 @@ def test_answers_match_event_log_and_pixels(streams):
     assert set(seen) == set(cw.QTYPES)
 
 
+def test_exists_refs_are_the_named_objects_or_the_near_misses(streams):
+    """"yes": every object in view of that name; "no": every object in view sharing its colour or its shape."""
+    answers = collections.Counter()
+    for s in streams:
+        objs = s.world.objects
+        for q in cw.candidates(s.world)["exists"]:
+            colour, shape = q.text.split()[-3:-1]
+            view = _in_view(s.events, q.time)
+            if q.answer == "yes":
+                want = [i for i in sorted(view) if objs[i].colour == colour and objs[i].shape == shape]
+            else:
+                want = [i for i in sorted(view) if objs[i].colour == colour or objs[i].shape == shape]
+            assert list(q.refs) == want and want, (s.seed, q.text)
+            answers[q.answer] += 1
+    assert answers["yes"] and answers["no"]
+
+
 def test_questions_are_whitespace_words_from_the_vocabulary(streams):
     vocab = set(cw.vocabulary())
     assert set(cw.answer_vocabulary()) <= vocab

@@ -159,7 +159,11 @@ def candidates(world: World) -> dict[str, list[Question]]:
             for shape in SHAPES:
                 # Hard negatives only: the colour or the shape is in view, just not together.
                 if (colour, shape) not in seen_pairs and (colour in vis_colours or shape in vis_shapes):
-                    add("exists", "exists", "no", f, t, f, colour=colour, shape=shape)
+                    # refs: the near misses, the objects in view that share the colour or the shape — what a
+                    # "no" has to be checked against (training aids use them as the question's evidence)
+                    add("exists", "exists", "no", f, t, f,
+                        [i for i in ids if objs[i].colour == colour or objs[i].shape == shape],
+                        colour=colour, shape=shape)
         for colour in COLOURS:
             hits = [i for i in ids if objs[i].colour == colour and objs[i].size == "small"]
             if len(hits) == 1:

@@ -32,9 +32,10 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
     """Per question of example `ex`: indices into `packed`'s sequence of the tokens that hold its answer.
 
     Visual questions: the visual tokens that show the object(s) it is about, in every frame of its evidence span
-    that the clip holds (count: every visible object; otherwise the answer's object, which camworld lists first).
-    "sound": the audio tokens heard while the sound tied to its object played. Empty when there is nothing to
-    show (a "no" to "is there ...", or evidence dropped from every frame)."""
+    that the clip holds (count: every visible object; "is there a <colour> <shape>": every object of that name, or
+    for a "no" the objects that share its colour or its shape, which the answer must be checked against;
+    otherwise the answer's object, which camworld lists first). "sound": the audio tokens heard while the sound
+    tied to its object played. Empty when there is nothing to show (evidence dropped from every frame)."""
     out, objects = [], {}  # frame -> object id per token, computed once: a stream's questions share frames
 
     def objects_at(f):
@@ -46,7 +47,7 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
         if qtype == "sound":
             out.append(_sound_tokens(ex, packed, refs[0]) if refs else torch.zeros(0, dtype=torch.long))
             continue
-        ids = list(refs) if qtype == "count" else list(refs[:1])
+        ids = list(refs) if qtype in ("count", "exists") else list(refs[:1])
         idx = []
         if ids:
             want = torch.tensor(ids)
