@@ -11,6 +11,7 @@ frame + a question is refused with the smallest budget that would work.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import asdict, dataclass
 
 from vlmedge.errors import InputError
@@ -20,6 +21,9 @@ from vlmedge.models.base import kv_shape
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB, "g": GiB,
           "gb": 1000**3, "gib": GiB, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+# adapter -> {method spec: workspace bytes}: the first measurement per process (see probe); weak, so a
+# closed model takes its entry with it
+_WORKSPACE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 
 
@@ -163,17 +167,9 @@ def probe(adapter, method, frame=None) -> tuple[int, int, int]:
     if getattr(session.method, "prunes_in_llm", False) and getattr(session.method, "max_ratio", None) is None:
         st = session.frame_stats[-1]
         per_frame += st.tokens_in - st.tokens_kept  # data-driven count: plan for keeping everything
-    measured = getattr(adapter, "_probed_workspace", None)
-    if measured is None:
-        measured = {}
-        try:
-            adapter._probed_workspace = measured
-        except AttributeError:  # an adapter that takes no attributes measures every time
-            pass
-    key = session.method.spec()
-    if key not in measured:
-        measured[key] = max(0, int((peak.peak_mb - before.peak_mb) * MiB))
-    return max(1, per_frame), prompt, measured[key]
+    measured = _WORKSPACE.setdefault(adapter, {})
+    workspace = measured.setdefault(session.method.spec(), max(0, int((peak.peak_mb - before.peak_mb) * MiB)))
+    return max(1, per_frame), prompt, workspace
 
 
 def plan_for(adapter, method, budget_bytes: int, kv_precision: str | None = None,

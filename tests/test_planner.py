@@ -95,15 +95,17 @@ def test_a_warm_process_plans_with_the_first_measured_workspace(tiny_adapters, m
         return r
 
     monkeypatch.setattr(memory, "PeakMemory", fake)
+    from vlmedge.runtime.planner import _WORKSPACE
+
     a = tiny_adapters["qwen2_5_vl"]
-    a.__dict__.pop("_probed_workspace", None)
+    _WORKSPACE.pop(a, None)
     first = plan_for(a, "uniform:ratio=0.5", 256 * MiB)
     again = plan_for(a, "uniform:ratio=0.5", 256 * MiB)
     assert first.workspace_bytes == again.workspace_bytes == 5 * MiB
     assert again.capacity_tokens == first.capacity_tokens
     other = plan_for(a, "random:ratio=0.5", 256 * MiB)
     assert other.workspace_bytes == 3 * MiB
-    a.__dict__.pop("_probed_workspace", None)
+    _WORKSPACE.pop(a, None)
 
 
 def test_plan_command(capsys):

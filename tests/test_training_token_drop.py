@@ -117,7 +117,7 @@ def test_token_drop_modes_are_drawn_by_their_listed_weight_and_checked():
 def test_objects_tight_keeps_every_object_and_only_a_few_distinct_background_tokens():
     n = 100
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[:30] = True  # objects cover 30% of the frame: more than `objects` would keep at a 0.2 draw
+    mask[:30] = True  # objects cover 30% of the frame: more than `objects` keeps at a 0.25 draw
     feats = torch.zeros(n, 3)
     feats[50:60, 0] = torch.arange(10, 0, -1).float()  # background tokens 50.. are the most distinct, in order
     keep = keep_indices(DropPlan("objects-tight", 0.25), mask, np.random.default_rng(0), feats)
