@@ -129,6 +129,27 @@ def test_exists_refs_are_the_named_objects_or_the_near_misses(streams):
     assert answers["yes"] and answers["no"]
 
 
+def test_shape_curriculum_is_training_only(streams):
+    """"shape" names the large object of a colour; it is never sampled, scored or given a chance level."""
+    n = 0
+    vocab = set(cw.vocabulary())
+    for s in streams:
+        objs = s.world.objects
+        for q in cw.candidates(s.world)["shape"]:
+            colour = q.text.split()[-3]
+            view = _in_view(s.events, q.time)
+            (only,) = [i for i in view if objs[i].colour == colour and objs[i].size == "large"]
+            assert q.refs == (only,) and q.answer == objs[only].shape and q.choices == cw.SHAPES
+            assert set(q.text.split()) <= vocab
+            n += 1
+        assert all(q.qtype != "shape" for q in cw.sample_questions(s, np.random.default_rng(0), per_type=3))
+        assert all(q.qtype != "shape" for q in s.questions)
+    assert n > 100
+    assert "shape" not in cw.QTYPES and "shape" not in cw.chance_levels()
+    picked = cw.sample_questions(streams[0], np.random.default_rng(0), per_type=2, qtypes=("shape",))
+    assert picked and {q.qtype for q in picked} == {"shape"}
+
+
 def test_questions_are_whitespace_words_from_the_vocabulary(streams):
     vocab = set(cw.vocabulary())
     assert set(cw.answer_vocabulary()) <= vocab

@@ -64,6 +64,25 @@ def test_continuing_with_a_restarted_schedule(tmp_path):
     st = __import__("torch").load(os.path.join(work, "train_state.pt"), weights_only=False)
     assert st["warm_from"] == 2  # the bundled step count the warm-up restarted from
 
+    # A training-only type added on resume starts at full error, is trained and validated, and stays out of the mean
+    logs = []
+    cfg.max_steps, cfg.extra_qtypes = 4, ("shape",)
+    res = train(cfg, log=logs.append)
+    assert any("resumed" in m for m in logs) and any("shape:" in m for m in logs if m.startswith("[train] step"))
+    last = res["curve"][-1]
+    scored = [v for k, v in last.items() if k not in ("minutes", "step", "mean", "ground", "shape")]
+    assert "shape" in last and last["mean"] == pytest.approx(sum(scored) / len(scored), abs=2e-3)
+
+
+def test_training_only_types_are_checked():
+    from vlmedge.errors import InputError
+    from vlmedge.models.training.trainer import qtypes_for
+
+    assert qtypes_for("llava_onevision", ("shape",))[-1] == "shape"
+    assert "sound" not in qtypes_for("llava_onevision") and qtypes_for("qwen2_5_omni")[-1] == "sound"
+    with pytest.raises(InputError, match="choose from shape"):
+        qtypes_for("llava_onevision", ("count",))
+
 
 def test_type_weights_follow_errors():
     w = TypeWeights(("color", "where"))

@@ -89,3 +89,29 @@ def test_reference_tower_starts_with_position_above_content_noise():
     emb = llava_onevision(0).model.model.vision_tower.embeddings
     # rows of norm ~8 (std 8/sqrt(width)): the scale at which a dense probe learns position in minutes
     assert 6.0 < emb.position_embedding.weight.norm(dim=1).mean().item() < 10.0
+
+
+
+def test_small_object_tokens_weigh_more_in_the_dense_loss():
+    """One wrong token carries the whole loss; a small object's counts SMALL_WEIGHT times a large object's."""
+    import pytest
+
+    labels = torch.tensor([[1, 1, 1, 1], [2, 2, 2, 2], [0, 0, 0, 0]])  # a large-object, a small-object, an empty token
+    width = [len(v) for v in dense.HEADS.values()]
+    head = dense.DenseHead(sum(width))
+    head.norm, head.proj = torch.nn.Identity(), torch.nn.Identity()  # logits in, as given
+
+    def loss_with_wrong(i):
+        logits = torch.full((3, sum(width)), -20.0)
+        k = 0
+        for j, w in enumerate(width):
+            for t in range(3):
+                logits[t, k + (int(labels[t, j]) if t != i else (int(labels[t, j]) + 1) % w)] = 20.0
+            k += w
+        return head.loss(logits, labels)[0].item()
+
+    big, small = loss_with_wrong(0), loss_with_wrong(1)
+    # class weights 4 (object) and 1 (none); small-object tokens x SMALL_WEIGHT, normalised by the weight sum
+    sw = dense.SMALL_WEIGHT
+    assert big == pytest.approx(40.0 * 4 / (4 + 4 * sw + 1), rel=1e-3)
+    assert small == pytest.approx(40.0 * 4 * sw / (4 + 4 * sw + 1), rel=1e-3)

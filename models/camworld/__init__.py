@@ -26,6 +26,7 @@ from .questions import (
     AUDIO_VISUAL_QTYPES,
     QTYPES,
     TEMPLATES,
+    TRAINING_QTYPES,
     VISUAL_QTYPES,
     Question,
     answer_vocabulary,
@@ -42,7 +43,7 @@ from .world import Event, World, WorldObject
 
 __all__ = [
     "AUDIO_VISUAL_QTYPES", "COLOURS", "COUNT_WORDS", "EVAL_SEED_START", "Event", "QTYPES", "QUADRANTS",
-    "Question", "SHAPES", "SIZES", "SLOT_S", "SOUNDS", "SPEECH_WORDS", "Stream", "TEMPLATES", "TRAIN_SEEDS",
+    "TRAINING_QTYPES", "Question", "SHAPES", "SIZES", "SLOT_S", "SOUNDS", "SPEECH_WORDS", "Stream", "TEMPLATES", "TRAIN_SEEDS",
     "VISUAL_QTYPES", "World", "WorldConfig", "WorldObject", "answer_vocabulary", "candidates",
     "chance_levels", "check_seed", "choices", "decode_media", "default_qtypes", "eval_seeds", "generate",
     "load_arrays", "sample_questions", "save_arrays", "split_of", "train_seeds", "vocabulary", "write_media",

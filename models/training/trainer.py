@@ -55,6 +55,7 @@ class TrainConfig:
     ground_weight: float = 0.0  # weight of the grounding loss (grounding.py); 0: off (and not measured)
     ground_layer: int = -1  # decoder layer it supervises; -1: the middle one
     ground_head: int = 0  # attention head of that layer it supervises
+    extra_qtypes: tuple[str, ...] = ()  # training-only question types (camworld.TRAINING_QTYPES), never scored
 
 
 def grounding_layer(adapter, cfg: TrainConfig) -> int | None:
@@ -71,10 +72,16 @@ def grounding_layer(adapter, cfg: TrainConfig) -> int | None:
     return layer
 
 
-def qtypes_for(family: str) -> tuple[str, ...]:
+def qtypes_for(family: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The question types a model trains on: the scored ones of its modality, then `extra` training-only ones."""
     from vlmedge.models import camworld
 
-    return tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
+    unknown = [q for q in extra if q not in camworld.TRAINING_QTYPES]
+    if unknown:
+        raise InputError(f"unknown training-only question type(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(camworld.TRAINING_QTYPES)}")
+    base = tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
+    return base + tuple(q for q in extra if q not in base)
 
 
 def pack_example(adapter, ex, tokens, family: str, rng: np.random.Generator | None = None):
@@ -174,7 +181,7 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     rng = np.random.default_rng(12345)
     hits: dict[str, list[float]] = {}
     ground: list[float] = []
-    types = qtypes_for(cfg.family)
+    types = qtypes_for(cfg.family, cfg.extra_qtypes)
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
         ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
@@ -185,7 +192,8 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
             ground += [float(v) for m in masses for v in m[:, cfg.ground_head]]
     adapter.model.train()
     acc = {q: float(np.mean(v)) for q, v in sorted(hits.items())}
-    acc["mean"] = float(np.mean(list(acc.values())))
+    # training-only types are reported but stay out of the mean, so curves with and without them compare
+    acc["mean"] = float(np.mean([v for q, v in acc.items() if q not in cfg.extra_qtypes]))
     if ground:  # the grounding head's attention mass on the evidence (not part of the mean)
         acc["ground"] = float(np.mean(ground))
     return acc
@@ -225,7 +233,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng(cfg.seed)
-    weights = data.TypeWeights(qtypes_for(cfg.family))
+    weights = data.TypeWeights(qtypes_for(cfg.family, cfg.extra_qtypes))
     step, elapsed, curve = 0, 0.0, []
     warm_from = 0  # step the learning-rate warm-up counts from (restarted when the optimiser state is fresh)
     sched_from = 0.0  # elapsed seconds the cosine (and the crop curriculum) start from
@@ -255,7 +263,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.load_state_dict(st["optim"])
         rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
-        weights.error = st["type_error"]
+        weights.error.update(st["type_error"])  # a type added since the checkpoint starts at full error
         step, elapsed, curve = st["step"], st["elapsed"], st["curve"]
         warm_from, sched_from = st.get("warm_from", 0), st.get("sched_from", 0.0)
         if head is not None and st.get("dense_head"):

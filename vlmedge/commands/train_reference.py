@@ -44,6 +44,10 @@ def register(sub) -> None:
                    help="decoder layer the grounding loss supervises (default: the middle one)")
     p.add_argument("--ground-head", type=int, default=0,
                    help="attention head of that layer the grounding loss supervises (default %(default)s)")
+    p.add_argument("--extra-qtypes", default="",
+                   help="comma-separated training-only question types, never scored: 'shape' asks the shape of a "
+                        "large object of a colour, a clear-signal curriculum for the small-object question (the "
+                        "only scored type whose answer is a shape); default none")
     p.set_defaults(func=run)
 
 
@@ -59,6 +63,7 @@ def run(args) -> int:
                       restart_schedule=args.restart_schedule, token_drop=args.token_drop,
                       token_drop_modes=tuple(m.strip() for m in args.token_drop_modes.split(",") if m.strip()),
                       ground_weight=args.ground_weight, ground_layer=args.ground_layer,
-                      ground_head=args.ground_head)
+                      ground_head=args.ground_head,
+                      extra_qtypes=tuple(q.strip() for q in args.extra_qtypes.split(",") if q.strip()))
     train(cfg, log=lambda m: print(m, flush=True))
     return 0
