@@ -91,6 +91,16 @@ def test_type_weights_follow_errors():
         w.update("where", 0.0)
     counts = w.per_type(10)
     assert counts["where"] > counts["color"] >= 1 and sum(counts.values()) in (10, 11)
+    # errors on token-dropped clips are their own: count fails only there, and only dropped streams ask it more
+    w = TypeWeights(("color", "count"))
+    for _ in range(50):
+        w.update("color", 1.0)
+        w.update("count", 1.0)
+        w.update("color", 1.0, dropped=True)
+        w.update("count", 0.0, dropped=True)
+    assert w.per_type(10, dropped=True)["count"] > w.per_type(10, dropped=True)["color"]
+    assert w.per_type(10)["count"] == w.per_type(10)["color"]
+    assert w.error["count"] < 0.01 < 0.99 < w.error["count@drop"]
 
 
 def test_token_drop_prunes_training_clips(tmp_path, monkeypatch):

@@ -26,12 +26,21 @@ class TypeWeights:
         for q in self.qtypes:
             self.error.setdefault(q, 1.0)
 
-    def update(self, qtype: str, correct: float) -> None:
-        self.error[qtype] = self.momentum * self.error[qtype] + (1 - self.momentum) * (1.0 - correct)
+    @staticmethod
+    def key(qtype: str, dropped: bool) -> str:
+        """Errors on token-dropped clips are tracked apart (`<qtype>@drop`): a type can be solved on full frames
+        and failing on pruned ones."""
+        return f"{qtype}@drop" if dropped else qtype
 
-    def per_type(self, total: int) -> dict[str, int]:
-        """Questions per type for one stream: at least one each, the rest by error share."""
-        err = np.array([max(self.error[q], 0.05) for q in self.qtypes])
+    def update(self, qtype: str, correct: float, dropped: bool = False) -> None:
+        k = self.key(qtype, dropped)
+        prev = self.error.setdefault(k, self.error[qtype])  # a first dropped answer starts from the shared estimate
+        self.error[k] = self.momentum * prev + (1 - self.momentum) * (1.0 - correct)
+
+    def per_type(self, total: int, dropped: bool = False) -> dict[str, int]:
+        """Questions per type for one stream (`dropped`: one shown token-dropped): at least one each, the rest by
+        error share."""
+        err = np.array([max(self.error.get(self.key(q, dropped), self.error[q]), 0.05) for q in self.qtypes])
         extra = max(0, total - len(self.qtypes))
         share = np.floor(err / err.sum() * extra + 0.5).astype(int)
         return {q: 1 + int(s) for q, s in zip(self.qtypes, share)}

@@ -301,13 +301,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
         lr = cfg.lr * min(1.0, (step + 1 - warm_from) / warm) * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        counts = weights.per_type(cfg.questions)
         # cropped clips first, whole streams more and more: p(crop) falls from crop_start to crop_end
         p_crop = cfg.crop_start + (cfg.crop_end - cfg.crop_start) * min(1.0, frac / 0.7)
-        examples = [e for s in data.training_seeds(rng, cfg.batch)
-                    for e in data.stream_example(s, rng, counts, crop=bool(rng.random() < p_crop))]
-        for e in examples:
-            e.drop = dropper.plan(rng)
+        examples = []
+        for s in data.training_seeds(rng, cfg.batch):
+            # A seed's clips share one drop plan, and a dropped seed's questions follow the errors made on dropped
+            # clips: "how many" is right on full frames and wrong on pruned ones, and one shared estimate gave
+            # it a single question per stream (a few counts on object-only frames per hundred steps).
+            plan = dropper.plan(rng)
+            counts = weights.per_type(cfg.questions, dropped=plan is not None)
+            for e in data.stream_example(s, rng, counts, crop=bool(rng.random() < p_crop)):
+                e.drop = plan
+                examples.append(e)
         groups = length_buckets(examples)
         n_targets = sum(2 * len(e.questions) for e in examples)
         opt.zero_grad(set_to_none=True)
@@ -330,8 +335,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 dense_acc = aux_acc if dense_acc is None else 0.9 * dense_acc + 0.1 * aux_acc
             loss.backward()
             loss_sum += loss.item()
-            for q, c in correct_by_type(logits.detach(), packed):
-                weights.update(q, c)
+            for b, p in enumerate(packed):
+                for q, c in correct_by_type(logits[b:b + 1].detach(), [p]):
+                    weights.update(q, c, dropped=group[b].drop is not None)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
