@@ -123,3 +123,11 @@ def test_token_drop_prunes_training_clips(tmp_path, monkeypatch):
     assert all(1 <= k <= round(0.6 * n) for _, k, n in seen)  # within the 10-60% keep range
     assert {m for m, _, _ in seen} <= {"random", "objects", "salient"}
     assert not [1 for c in res["curve"] for v in c.values() if v != v]  # validation (full frames) ran, no NaN
+
+
+def test_reference_words_come_in_id_order():
+    """Tiny training models are built from this list; a hash-map order gave them different token ids per process."""
+    from vlmedge.models.training.reference import reference_tokenizer, reference_words
+
+    words = reference_words()
+    assert reference_tokenizer().convert_tokens_to_ids(words) == list(range(len(words)))

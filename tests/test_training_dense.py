@@ -70,9 +70,9 @@ def test_vision_warm_up_trains_the_vision_side_only():
     import numpy as np
 
     from vlmedge.models import tiny
-    from vlmedge.models.training.reference import reference_tokenizer
+    from vlmedge.models.training.reference import reference_words
 
-    a = tiny("llava_onevision", seed=0, words=list(reference_tokenizer().get_vocab()))
+    a = tiny("llava_onevision", seed=0, words=reference_words())
     llm_before = {n: p.detach().clone() for n, p in a.language_model().named_parameters()}
     tower_before = [p.detach().clone() for p in a.model.model.vision_tower.parameters()]
     logs = []

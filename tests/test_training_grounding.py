@@ -9,13 +9,13 @@ from vlmedge.models import tiny
 from vlmedge.models.layer_runner import LayerRunner
 from vlmedge.models.training import data, dense, grounding
 from vlmedge.models.training.packing import collate
-from vlmedge.models.training.reference import reference_tokenizer
+from vlmedge.models.training.reference import reference_words
 from vlmedge.models.training.token_drop import DropPlan
 from vlmedge.models.training.trainer import TrainConfig, pack_example, train
 
 
 def _adapter(family="llava_onevision"):
-    return tiny(family, seed=0, words=list(reference_tokenizer().get_vocab()))
+    return tiny(family, seed=0, words=reference_words())
 
 
 def _examples(seed=5, crop=False):

@@ -30,6 +30,13 @@ def reference_tokenizer():
     return build_word_tokenizer(list(BASE_WORDS) + camworld.vocabulary())
 
 
+def reference_words() -> list[str]:
+    """The reference tokenizer's words in id order. `get_vocab()` is a hash map whose order changes from process to
+    process; a tiny model built from it got different token ids, and so different training, in every run."""
+    vocab = reference_tokenizer().get_vocab()
+    return sorted(vocab, key=vocab.__getitem__)
+
+
 def _text(tok, **extra) -> dict:
     return dict(vocab_size=len(tok), hidden_size=192, intermediate_size=768, num_hidden_layers=4,
                 num_attention_heads=6, num_key_value_heads=3, max_position_embeddings=4096, tie_word_embeddings=True,

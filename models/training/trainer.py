@@ -218,10 +218,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     state_path = os.path.join(cfg.work, "train_state.pt")
     if cfg.shape == "tiny":
         from vlmedge.models import tiny
-        from vlmedge.models.training.reference import reference_tokenizer
+        from vlmedge.models.training.reference import reference_words
 
         torch.manual_seed(cfg.seed)
-        adapter = tiny(cfg.family, seed=cfg.seed, words=list(reference_tokenizer().get_vocab()))
+        adapter = tiny(cfg.family, seed=cfg.seed, words=reference_words())
     else:
         adapter = BUILDERS[cfg.family](cfg.seed)
     model = adapter.model
