@@ -207,13 +207,16 @@ class InferenceWorker:
                 if item.kind == "frame":
                     self.stats.frames_rejected += 1
             except Exception as err:  # a bug or a broken model: stop cleanly, the element posts the error
+                error = f"{type(err).__name__}: {err}"
+                # Posted before the error is visible and before anyone waiting for the end of the stream goes on:
+                # released first, the element pushed EOS and the bus could carry EOS ahead of the error.
+                self.on_error(error + "\n" + traceback.format_exc())
                 with self._cv:
-                    self.error = f"{type(err).__name__}: {err}"
+                    self.error = error
                     for it in self._queue:
                         if it.kind == "end":
                             it.payload.set()
                     self._queue.clear()
-                self.on_error(self.error + "\n" + traceback.format_exc())
                 return
             finally:
                 with self._cv:
