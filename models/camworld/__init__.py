@@ -43,8 +43,8 @@ from .world import Event, World, WorldObject
 
 __all__ = [
     "AUDIO_VISUAL_QTYPES", "COLOURS", "COUNT_WORDS", "EVAL_SEED_START", "Event", "QTYPES", "QUADRANTS",
-    "TRAINING_QTYPES", "Question", "SHAPES", "SIZES", "SLOT_S", "SOUNDS", "SPEECH_WORDS", "Stream", "TEMPLATES", "TRAIN_SEEDS",
-    "VISUAL_QTYPES", "World", "WorldConfig", "WorldObject", "answer_vocabulary", "candidates",
+    "Question", "SHAPES", "SIZES", "SLOT_S", "SOUNDS", "SPEECH_WORDS", "Stream", "TEMPLATES", "TRAINING_QTYPES",
+    "TRAIN_SEEDS", "VISUAL_QTYPES", "World", "WorldConfig", "WorldObject", "answer_vocabulary", "candidates",
     "chance_levels", "check_seed", "choices", "decode_media", "default_qtypes", "eval_seeds", "generate",
     "load_arrays", "sample_questions", "save_arrays", "split_of", "train_seeds", "vocabulary", "write_media",
 ]

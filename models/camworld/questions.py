@@ -39,6 +39,7 @@ AUDIO_VISUAL_QTYPES: tuple[str, ...] = ("sound",)
 # Naming the shape of a large object teaches that read-out on a clear signal; it is a training aid only, kept
 # out of QTYPES so evaluation, chance tables and the default sampler never see it.
 TRAINING_QTYPES: tuple[str, ...] = ("shape",)
+_ALL_QTYPES = QTYPES + TRAINING_QTYPES  # what `candidates` enumerates, in asking order within a frame
 
 TEMPLATES: dict[str, str] = {
     "color.shape": "what color is the {shape} ?",
@@ -129,8 +130,8 @@ def _frame_at_or_before(t: float, fps: float) -> int:
 def candidates(world: World) -> dict[str, list[Question]]:
     """All askable questions of the stream, by qtype (unbalanced; `sample_questions` balances)."""
     cfg = world.config
-    out: dict[str, list[Question]] = {q: [] for q in QTYPES + TRAINING_QTYPES}
-    ch = {q: choices(q, cfg) for q in QTYPES + TRAINING_QTYPES}
+    out: dict[str, list[Question]] = {q: [] for q in _ALL_QTYPES}
+    ch = {q: choices(q, cfg) for q in _ALL_QTYPES}
     entries = world.entries()
     tied = {e.obj: e.sound for e in world.sound_events() if e.obj >= 0}
     objs = world.objects
@@ -234,5 +235,5 @@ def sample_questions(stream_or_world, rng: np.random.Generator | int, per_type: 
             q = _pick(pool, qtype, rng)
             out.append(q)
             pool = [p for p in pool if (p.frame, p.text) != (q.frame, q.text)]
-    out.sort(key=lambda q: (q.frame, (QTYPES + TRAINING_QTYPES).index(q.qtype)))
+    out.sort(key=lambda q: (q.frame, _ALL_QTYPES.index(q.qtype)))
     return out

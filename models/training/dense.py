@@ -24,12 +24,12 @@ HEADS: dict[str, tuple[str, ...]] = {
     "size": ("none", *SIZES),
     "quadrant": ("none", *QUADRANTS),
 }
-MIN_COVER = 0.25
+MIN_COVER = 0.25  # share of a token's pixels an object's box must cover for the token to show it
 # A small object's shape shows on 2x2 tokens, each holding a corner of it: a linear probe on the bundled LLaVA
 # model's tokens read it at 0.65 (0.98 for large objects), and those tokens are ~16% of object tokens, so the
 # mean loss barely sees them. Weighting them up spends the dense head's capacity where the small-object
 # question needs it.
-SMALL_WEIGHT = 3.0  # share of a token's pixels an object's box must cover for the token to show it
+SMALL_WEIGHT = 3.0
 
 
 def token_objects(stream, frame: int, grid_hw: tuple[int, int]) -> torch.Tensor:
