@@ -64,6 +64,8 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "stc":
                 out.append(Variant(f"stc pruner only {tag}", "stc pruner only", f"stc:cacher=false,tokens={n}", k))
                 out.append(Variant(f"stc {tag}", "stc", f"stc:tokens={n}", k))
+                # the released pruner (no evenly spaced context tokens), so the extension's effect is in the table
+                out.append(Variant(f"stc released {tag}", "stc released", f"stc:tokens={n},context=0", k))
             elif m == "script":
                 out.append(Variant(f"script {tag}", "script", f"script:ratio={k}", k))
                 out.append(Variant(f"script dpp-only {tag}", "script dpp-only", f"script:ratio={k},gsp_ratio=0", k))

@@ -6,7 +6,7 @@ import torch
 
 from conftest import FAMILIES, make_frames
 from vlmedge.compression import FrameContext, get_method
-from vlmedge.compression.stc import (STC, PrunerMemory, STCStreamState, keep_from_scores, num_dynamic, prune_chunk,
+from vlmedge.compression.stc import (STC, PrunerMemory, STCStreamState, context_count, keep_from_scores, num_dynamic, prune_chunk,
                                      refresh_due, refresh_layer, score_tokens, select_channels, select_dynamic_tokens,
                                      selective_from_indices, selective_layer)
 from vlmedge.errors import InputError, UnknownNameError
@@ -44,7 +44,7 @@ def test_stv1_gaussian_pruner_single_chunk():
 
 def test_stv1_through_the_method_and_memory_is_updated_before_scoring():
     z = stv1_tokens()
-    m = get_method("stc:tokens=5")
+    m = get_method("stc:tokens=5,context=0")  # the released pruner, which the test vector is of
     state = m.new_state()
     sel = m.compress(FrameTokens(features=z, grid_hw=(14, 14), trailer=z.new_zeros(0, 8)), FrameContext(0, 0.0), state)
     assert sel.keep.tolist() == [10, 50, 100, 150, 190] and sel.features is None
@@ -65,6 +65,27 @@ def test_dual_anchor_keeps_highest_and_matches_formula():
     torch.testing.assert_close(res.scores[0], 0.5 * (1 - cos(a_t)) + 0.5 * (1 - cos(a_s)))
     assert keep_from_scores(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2, "dual_anchor").tolist() == [[0, 2]]
     assert keep_from_scores(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 2, "gaussian").tolist() == [[1, 3]]
+
+
+def test_context_tokens_fill_part_of_the_budget_evenly_over_what_the_score_left():
+    scores = torch.tensor([[float(v) for v in [9, 0, 9, 9, 9, 9, 9, 1, 9, 9, 9, 9]],
+                           [float(v) for v in [5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 0, 1]]])
+    assert keep_from_scores(scores, 4, "gaussian").tolist() == keep_from_scores(scores, 4, "gaussian", 0.0).tolist()
+    got = keep_from_scores(scores, 4, "gaussian", context=0.5)
+    # two by score (the lowest), then two of the ten left at ranks floor(0.25 * 10) = 2 and floor(0.75 * 10) = 7
+    assert got.tolist() == [[1, 3, 7, 9], [2, 7, 10, 11]]
+    assert keep_from_scores(-scores, 4, "dual_anchor", context=0.5).tolist() == got.tolist()
+    assert keep_from_scores(scores, 12, "gaussian", context=0.5).tolist() == [list(range(12))] * 2
+    assert keep_from_scores(scores, 1, "gaussian", context=0.9).tolist() == [[1], [10]]  # one token: by score
+    # the count of context tokens: rounded share, never the whole budget
+    assert [context_count(k, 0.5) for k in (1, 2, 3, 47, 64)] == [0, 1, 2, 24, 32]
+    assert context_count(10, 0.99) == 9
+    # S-TV1 holds with the release setting, and prune_chunk passes context through
+    z = torch.randn(1, 30, 8)
+    res = prune_chunk(z, PrunerMemory(), 10, context=0.3)
+    assert res.keep.shape == (1, 10) and bool((res.keep[0][1:] > res.keep[0][:-1]).all())
+    by_score = keep_from_scores(res.scores, 7, "gaussian")[0]
+    assert set(by_score.tolist()) <= set(res.keep[0].tolist())
 
 
 def test_memory_is_full_channel_running_mean_and_legacy_mode_agrees_while_channels_stay():
@@ -351,6 +372,7 @@ def test_settings_are_typed_validated_and_round_trip():
     got = (m.tokens, m.ratio, m.cache_interval, m.scorer, m.alpha, m.channel_ratio)
     assert got == (64, 0.25, 2, "gaussian", 0.5, 0.5)
     assert m.cacher and m.pruner and not m.refresh_gate and m.gate_threshold == 0.85
+    assert m.context == 0.5  # our extension, on by default (method.py says why); context=0 is the release
     m = get_method("stc:tokens=64,ratio=0.5,cache_interval=3,scorer=dual_anchor,alpha=0.7,refresh_gate=on")
     assert get_method(m.spec()) == m
     for spec, msg in [("stc:ratio=0", r"ratio .* must be in \(0, 1\]"), ("stc:ratio=1.5", r"ratio"),
@@ -358,6 +380,7 @@ def test_settings_are_typed_validated_and_round_trip():
                       ("stc:tokens=0", "tokens must be a positive"), ("stc:cache_interval=0", "cache_interval"),
                       ("stc:alpha=2", "alpha"), ("stc:channel_ratio=0", "channel_ratio"),
                       ("stc:gate_threshold=2", "gate_threshold"), ("stc:memory_mode=list", "memory_mode"),
+                      ("stc:context=1", r"context .* must be in \[0, 1\)"), ("stc:context=-0.1", "context"),
                       ("stc:cacher=maybe", "must be bool"), ("stc:tokens=many", "must be int")]:
         with pytest.raises(InputError, match=msg):
             get_method(spec)

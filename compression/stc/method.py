@@ -10,6 +10,10 @@ Settings (`stc:tokens=64,ratio=0.25,...`):
 - `refresh_gate` (off), `gate_threshold` (0.85): our extension; a selective frame whose mean key cosine at
   the first block is below the threshold runs as a refresh instead.
 - `memory_mode` ("full" | "legacy_subset_list"): the pruner memory's channel space (spec §9).
+- `context` (0.5): our extension; the share of the pruner's `tokens` spread evenly over the frame instead of
+  taken by score; 0 is the released pruner. The default departs from the release on measurement: on the
+  reference model it raised full STC from 0.861 to 0.884 at a third of the tokens and from 0.782 to 0.812 at
+  a ninth (200 evaluation seeds; `pruner.keep_from_scores` has the numbers and the reason).
 
 The pruner sees a frame's compressible tokens as the adapter projects them (`FrameTokens.features`, P of
 them; trailers such as LLaVA-OneVision's `image_newline` are never dropped). For LLaVA-OneVision that is the
@@ -45,6 +49,7 @@ class STC(Compressor):
     refresh_gate: bool = False
     gate_threshold: float = 0.85
     memory_mode: str = "full"
+    context: float = 0.5
 
     def __post_init__(self):
         def check(ok: bool, msg: str):
@@ -63,6 +68,8 @@ class STC(Compressor):
               f"channel_ratio must be in (0, 1], got {self.channel_ratio!r}")
         check(_is_num(self.gate_threshold) and -1.0 <= self.gate_threshold <= 1.0,
               f"gate_threshold is a cosine similarity and must be in [-1, 1], got {self.gate_threshold!r}")
+        check(_is_num(self.context) and 0.0 <= self.context < 1.0,
+              f"context is the share of kept tokens spread evenly over the frame and must be in [0, 1), got {self.context!r}")
         check(self.memory_mode in MEMORY_MODES,
               f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {self.memory_mode!r}")
         check(isinstance(self.cacher, bool) and isinstance(self.pruner, bool) and isinstance(self.refresh_gate, bool),
@@ -156,7 +163,7 @@ class STC(Compressor):
             return Selection(keep=torch.arange(p))
         _need_state(state)
         res = prune_chunk(tokens.features, state.memory, min(self.tokens, p), scorer=self.scorer, alpha=self.alpha,
-                          channel_ratio=self.channel_ratio, memory_mode=self.memory_mode)
+                          channel_ratio=self.channel_ratio, memory_mode=self.memory_mode, context=self.context)
         return Selection(keep=res.keep[0].cpu())
 
 
