@@ -91,6 +91,25 @@ class LayerInput:
         self._handle.remove()
 
 
+def attention_mass(runner: LayerRunner, layer_idx: int, hidden: Tensor, rope: tuple[Tensor, Tensor], allowed: Tensor,
+                   at: Tensor, targets: list[Tensor]) -> Tensor:
+    """Attention mass `[n, H]` that each head of `layer_idx` puts, at query positions `at [n]`, on the positions
+    `targets[j]` (already restricted to what position `at[j]` may see). `hidden [L, D]` and `rope` (cos, sin
+    `[1, L, hd]`) are that layer's input; `allowed [L, L]` the attention mask."""
+    L = allowed.shape[0]
+    cos, sin = rope
+    q = runner.queries(layer_idx, hidden[at], cos[:, at], sin[:, at])  # [1, H, n, hd]
+    k = runner.keys(layer_idx, hidden[:L], cos[:, :L], sin[:, :L])  # [1, kvH, L, hd]
+    groups = q.shape[1] // k.shape[1]
+    logits = torch.matmul(q.float(), k.float().repeat_interleave(groups, dim=1).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    logits = logits.masked_fill(~allowed[at].to(logits.device), float("-inf"))
+    probs = logits.softmax(-1)[0]  # [H, n, L]
+    sel = torch.zeros(len(targets), L, dtype=probs.dtype, device=probs.device)
+    for j, t in enumerate(targets):
+        sel[j, t.to(probs.device)] = 1.0
+    return (probs * sel.unsqueeze(0)).sum(-1).transpose(0, 1)  # [n, H]
+
+
 def evidence_mass(runner: LayerRunner, layer_idx: int, hidden: Tensor, rope: tuple[Tensor, Tensor], packed,
                   targets: list[Tensor]) -> Tensor:
     """Attention mass `[n, H]` that each head of `layer_idx` puts on the evidence tokens, at the answer
@@ -101,19 +120,8 @@ def evidence_mass(runner: LayerRunner, layer_idx: int, hidden: Tensor, rope: tup
     rows = [i for i, t in enumerate(targets) if t.numel()]
     if not rows:
         return hidden.new_zeros(0, runner.lm.config.num_attention_heads)
-    L = packed.allowed.shape[0]
     at = torch.tensor([packed.answer_at[i] for i in rows])
-    cos, sin = rope
-    q = runner.queries(layer_idx, hidden[at], cos[:, at], sin[:, at])  # [1, H, n, hd]
-    k = runner.keys(layer_idx, hidden[:L], cos[:, :L], sin[:, :L])  # [1, kvH, L, hd]
-    groups = q.shape[1] // k.shape[1]
-    logits = torch.matmul(q.float(), k.float().repeat_interleave(groups, dim=1).transpose(-1, -2)) * q.shape[-1] ** -0.5
-    logits = logits.masked_fill(~packed.allowed[at].to(logits.device), float("-inf"))
-    probs = logits.softmax(-1)[0]  # [H, n, L]
-    sel = torch.zeros(len(rows), L, dtype=probs.dtype, device=probs.device)
-    for j, i in enumerate(rows):
-        sel[j, targets[i].to(probs.device)] = 1.0
-    return (probs * sel.unsqueeze(0)).sum(-1).transpose(0, 1)  # [n, H]
+    return attention_mass(runner, layer_idx, hidden, rope, packed.allowed, at, [targets[i] for i in rows])
 
 
 def grounding_loss(mass: Tensor, head: int) -> Tensor:

@@ -8,6 +8,7 @@ written to the output folder at every checkpoint and at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from vlmedge.errors import InputError
 from vlmedge.models.layer_runner import LayerRunner
-from vlmedge.models.training import data, dense, grounding
+from vlmedge.models.training import audio_dense, binding, data, dense, grounding
 from vlmedge.models.training.token_drop import DEFAULT_MODES, TokenDrop, keep_indices
 from vlmedge.models.training.packing import StreamPacker, collate
 from vlmedge.models.training.reference import BUILDERS, FRAME
@@ -56,6 +57,11 @@ class TrainConfig:
     ground_layer: int = -1  # decoder layer it supervises; -1: the middle one
     ground_head: int = 0  # attention head of that layer it supervises
     extra_qtypes: tuple[str, ...] = ()  # training-only question types (camworld.TRAINING_QTYPES), never scored
+    init_from: str = ""  # a trained model of another family: LLM copied, vision distilled (transplant.py)
+    audio_weight: float = 0.0  # weight of the dense audio loss (audio_dense.py); omni only; 0: off
+    bind_weight: float = 0.0  # weight of the sound-to-object binding loss (binding.py); omni only; 0: off
+    bind_layer: int = -1  # decoder layer it supervises; -1: binding.default_layer
+    bind_head: int = 0  # attention head of that layer it supervises
 
 
 def grounding_layer(adapter, cfg: TrainConfig) -> int | None:
@@ -69,6 +75,21 @@ def grounding_layer(adapter, cfg: TrainConfig) -> int | None:
     heads = int(adapter.language_model().config.num_attention_heads)
     if not 0 <= cfg.ground_head < heads:
         raise InputError(f"--ground-head {cfg.ground_head} is out of range: the layers have {heads} heads (0..{heads - 1})")
+    return layer
+
+
+def binding_layer(adapter, cfg: TrainConfig) -> int | None:
+    """The decoder layer the binding loss reads, or None when it is off."""
+    if cfg.bind_weight <= 0:
+        return None
+    if not adapter.has_audio:
+        raise InputError(f"--bind-weight ties sounds to objects; {cfg.family} has no audio")
+    lm = adapter.language_model().config
+    layer = binding.default_layer(int(lm.num_hidden_layers)) if cfg.bind_layer < 0 else cfg.bind_layer
+    if not 0 <= layer < int(lm.num_hidden_layers):
+        raise InputError(f"--bind-layer {layer} is out of range: the model has {lm.num_hidden_layers} decoder layers")
+    if not 0 <= cfg.bind_head < int(lm.num_attention_heads):
+        raise InputError(f"--bind-head {cfg.bind_head} is out of range: the layers have {lm.num_attention_heads} heads")
     return layer
 
 
@@ -114,9 +135,12 @@ def attach_audio_tokens(adapter, streams, family):
             s.audio_tokens.append(tower(mel, feature_lens=torch.tensor([mel.shape[1]])).last_hidden_state)
 
 
-def forward_batch(adapter, examples, family, rng: np.random.Generator | None = None, ground_layer: int | None = None):
+def forward_batch(adapter, examples, family, rng: np.random.Generator | None = None, ground_layer: int | None = None,
+                  bind_layer: int | None = None):
     """Logits of one padded batch; with `ground_layer`, also each example's evidence attention mass at that
-    layer (`grounding.evidence_mass`, `[questions with evidence, heads]`), else None."""
+    layer (`grounding.evidence_mass`, `[questions with evidence, heads]`), else None; with `bind_layer`, each
+    example's attention mass from tied sounds' audio tokens onto their objects (`binding`, `[audio tokens,
+    heads]`), else None."""
     streams = list({id(ex.stream): ex.stream for ex in examples}.values())
     tokens = adapter.encode_frames([f for ex in examples for f in ex.stream.frames[ex.start:ex.end]])
     attach_audio_tokens(adapter, streams, family)
@@ -126,16 +150,29 @@ def forward_batch(adapter, examples, family, rng: np.random.Generator | None = N
         packed.append(pack_example(adapter, ex, tokens[k:k + n], family, rng))
         k += n
     embeds, positions, mask, targets = collate(packed, adapter.positions.rows)
-    if ground_layer is None:
-        return adapter.forward_packed(embeds, positions, mask), targets, packed, tokens, None
+    if ground_layer is None and bind_layer is None:
+        return adapter.forward_packed(embeds, positions, mask), targets, packed, tokens, None, None
     runner = LayerRunner(adapter)
-    with grounding.LayerInput(runner.lm, ground_layer) as cap:
+    with contextlib.ExitStack() as stack:
+        cap = stack.enter_context(grounding.LayerInput(runner.lm, ground_layer)) if ground_layer is not None else None
+        bcap = stack.enter_context(grounding.LayerInput(runner.lm, bind_layer)) if bind_layer is not None else None
         logits = adapter.forward_packed(embeds, positions, mask)
-    cos, sin = cap.rope
-    masses = [grounding.evidence_mass(runner, ground_layer, cap.hidden[b], (cos[b:b + 1], sin[b:b + 1]), p,
-                                      grounding.evidence_tokens(ex, p, tokens[0].grid_hw))
-              for b, (ex, p) in enumerate(zip(examples, packed))]
-    return logits, targets, packed, tokens, masses
+    masses = binds = None
+    grid = tokens[0].grid_hw
+    if cap is not None:
+        cos, sin = cap.rope
+        masses = [grounding.evidence_mass(runner, ground_layer, cap.hidden[b], (cos[b:b + 1], sin[b:b + 1]), p,
+                                          grounding.evidence_tokens(ex, p, grid))
+                  for b, (ex, p) in enumerate(zip(examples, packed))]
+    if bcap is not None:
+        cos, sin = bcap.rope
+        binds = []
+        for b, (ex, p) in enumerate(zip(examples, packed)):
+            at, tg = binding.sound_bindings(ex, p, grid)
+            binds.append(grounding.attention_mass(runner, bind_layer, bcap.hidden[b], (cos[b:b + 1], sin[b:b + 1]),
+                                                  p.allowed, at, tg) if at.numel()
+                         else bcap.hidden.new_zeros(0, runner.lm.config.num_attention_heads))
+    return logits, targets, packed, tokens, masses, binds
 
 
 def dense_loss(head, examples, tokens):
@@ -185,7 +222,7 @@ def validate(adapter, cfg: TrainConfig) -> dict[str, float]:
     seeds = range(data.VALIDATION_SEED_START, data.VALIDATION_SEED_START + cfg.val_streams)
     for chunk in range(0, len(seeds), cfg.batch):
         ex = [e for s in seeds[chunk:chunk + cfg.batch] for e in data.stream_example(s, rng, {q: 1 for q in types})]
-        logits, _, packed, _, masses = forward_batch(adapter, ex, cfg.family, ground_layer=grounding_layer(adapter, cfg))
+        logits, _, packed, _, masses, _ = forward_batch(adapter, ex, cfg.family, ground_layer=grounding_layer(adapter, cfg))
         for q, c in correct_by_type(logits, packed):
             hits.setdefault(q, []).append(c)
         if masses is not None:
@@ -227,7 +264,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model = adapter.model
     model.train()
     head = dense.DenseHead(adapter.hidden_size) if cfg.aux_weight > 0 else None
-    params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
+    if cfg.audio_weight > 0 and not adapter.has_audio:
+        raise InputError(f"--audio-weight trains the audio tower; {cfg.family} has none")
+    audio_head = audio_dense.AudioHead(adapter.hidden_size) if cfg.audio_weight > 0 else None
+    # settings checked before minutes of warm-up are spent
+    g_layer, b_layer = grounding_layer(adapter, cfg), binding_layer(adapter, cfg)
+    params = [p for p in model.parameters() if p.requires_grad] + [p for h in (head, audio_head) if h
+                                                                    for p in h.parameters()]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -268,6 +311,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         warm_from, sched_from = st.get("warm_from", 0), st.get("sched_from", 0.0)
         if head is not None and st.get("dense_head"):
             head.load_state_dict(st["dense_head"])
+        if audio_head is not None and st.get("audio_head"):
+            audio_head.load_state_dict(st["audio_head"])
         log(f"[train] resumed {cfg.family} at step {step}, {elapsed / 60:.1f} of {cfg.minutes:.0f} min")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[train] {cfg.family}: {n_params / 1e6:.2f} M parameters, batch {cfg.batch} streams x {cfg.questions} questions, "
@@ -279,21 +324,35 @@ def train(cfg: TrainConfig, log=print) -> dict:
         torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "type_error": weights.error, "step": step,
                     "elapsed": elapsed, "curve": curve, "config": asdict(cfg), "warm_from": warm_from,
-                    "sched_from": sched_from, "dense_head": head.state_dict() if head else None},
+                    "sched_from": sched_from, "dense_head": head.state_dict() if head else None,
+                    "audio_head": audio_head.state_dict() if audio_head else None},
                    state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)  # never leave a half-written state behind
         meta = {"family": cfg.family, "seed": cfg.seed, "steps": step, "train_minutes_2_cores": round(elapsed / 60, 2),
                 "config": asdict(cfg), "curve": curve, "type_error": weights.error, "rng": rng.bit_generator.state}
         export(adapter, cfg.out, meta)
 
-    if step == 0 and elapsed == 0.0 and head is not None and cfg.vision_minutes > 0:
+    if step == 0 and elapsed == 0.0 and cfg.init_from:
+        from vlmedge.models import Adapter
+        from vlmedge.models.training import transplant
+
+        teacher = Adapter.from_pretrained(cfg.init_from)
+        transplant.copy_language_model(adapter, teacher)
+        log(f"[train] LLM copied from {cfg.init_from} ({teacher.family}); distilling its vision tokens")
+        t0 = time.perf_counter()
+        # a from-scratch tower: the rate of the dense warm-up's default, not the (lower) rate that suits the copied LLM
+        n = transplant.distill_vision(adapter, teacher, cfg.vision_minutes, rng, max(cfg.lr, 1.5e-3), log, head)
+        elapsed = sched_from = time.perf_counter() - t0
+        log(f"[train] vision distillation done: {n} steps in {elapsed / 60:.1f} min")
+        del teacher
+    elif step == 0 and elapsed == 0.0 and head is not None and cfg.vision_minutes > 0:
         t0 = time.perf_counter()
         n = dense.pretrain_vision(adapter, head, cfg.vision_minutes, rng, cfg.lr, log)
         elapsed = sched_from = time.perf_counter() - t0
         log(f"[train] vision warm-up done: {n} steps in {elapsed / 60:.1f} min")
     last_ckpt = last_eval = time.perf_counter()
-    last_log, t_start, loss_avg, dense_acc, ground_avg = 0.0, time.perf_counter(), None, None, None
-    g_layer = grounding_layer(adapter, cfg)
+    last_log, t_start, loss_avg, dense_acc, ground_avg, audio_acc = 0.0, time.perf_counter(), None, None, None, None
+    bind_avg = None
     while elapsed < budget and not (cfg.max_steps and step >= cfg.max_steps):
         t0 = time.perf_counter()
         frac = min(1.0, max(0.0, (elapsed - sched_from) / max(budget - sched_from, 1.0)))
@@ -318,7 +377,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for group in filter(None, groups):
-            logits, targets, packed, tokens, masses = forward_batch(adapter, group, cfg.family, rng, g_layer)
+            logits, targets, packed, tokens, masses, binds = forward_batch(adapter, group, cfg.family, rng, g_layer, b_layer)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                    ignore_index=-100, reduction="sum") / n_targets
             if masses is not None:
@@ -328,11 +387,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 best = torch.cat([m.detach()[:, cfg.ground_head] for m in masses])
                 if best.numel():
                     ground_avg = float(best.mean()) if ground_avg is None else 0.9 * ground_avg + 0.1 * float(best.mean())
+            if binds is not None:
+                # per example: the mean over its bound audio tokens, weighted like one question's targets
+                bl = [-torch.log(m[:, cfg.bind_head].clamp_min(1e-6)).mean() for m in binds if m.numel()]
+                if bl:
+                    loss = loss + cfg.bind_weight * 2 * sum(bl) / n_targets
+                    got = float(torch.cat([m.detach()[:, cfg.bind_head] for m in binds]).mean())
+                    bind_avg = got if bind_avg is None else 0.9 * bind_avg + 0.1 * got
             if head is not None:
                 aux, aux_acc = dense_loss(head, group, tokens)
                 # each group's share of the step, as the answer loss is normalised over the whole step
                 loss = loss + cfg.aux_weight * aux * (sum(2 * len(e.questions) for e in group) / n_targets)
                 dense_acc = aux_acc if dense_acc is None else 0.9 * dense_acc + 0.1 * aux_acc
+            heard = audio_dense.stream_loss(audio_head, {id(e.stream): e.stream for e in group}.values()) \
+                if audio_head is not None else None
+            if heard is not None:
+                loss = loss + cfg.audio_weight * heard[0] * (sum(2 * len(e.questions) for e in group) / n_targets)
+                a = float(heard[1])
+                audio_acc = a if audio_acc is None else 0.9 * audio_acc + 0.1 * a
             loss.backward()
             loss_sum += loss.item()
             for b, p in enumerate(packed):
@@ -351,7 +423,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 f"{(now - t0):.2f}s/step  train acc {err}"
                 + ("" if dense_acc is None else "  tokens " + " ".join(
                     f"{n}:{a:.2f}" for n, a in zip(dense.HEADS, dense_acc.tolist())))
-                + ("" if ground_avg is None else f"  evidence mass {ground_avg:.2f}"))
+                + ("" if ground_avg is None else f"  evidence mass {ground_avg:.2f}")
+                + ("" if audio_acc is None else f"  sounds {audio_acc:.2f}")
+                + ("" if bind_avg is None else f"  binding mass {bind_avg:.2f}"))
         last = elapsed >= budget or (cfg.max_steps and step >= cfg.max_steps)
         if now - last_eval > cfg.eval_minutes * 60 or last:
             acc = validate(adapter, cfg)

@@ -48,6 +48,23 @@ def register(sub) -> None:
                    help="comma-separated training-only question types, never scored: 'shape' asks the shape of a "
                         "large object of a colour, a clear-signal curriculum for the small-object question (the "
                         "only scored type whose answer is a shape); default none")
+    p.add_argument("--init-from", default="",
+                   help="a trained model folder of another family with the same LLM shape and tokenizer (e.g. the "
+                        "bundled LLaVA-OneVision model when training the Omni one): its LLM is copied and, for "
+                        "--vision-minutes, this model's vision tower learns to reproduce its frame tokens pooled to "
+                        "this grid, before the questions start; a fresh run only")
+    p.add_argument("--audio-weight", type=float, default=0.0,
+                   help="omni: weight of the dense audio loss (the audio tower's tokens name the sound playing at "
+                        "their time, from camworld's sound events; a training aid, not part of the model); "
+                        "0 turns it off (default %(default)s)")
+    p.add_argument("--bind-weight", type=float, default=0.0,
+                   help="omni: weight of the binding loss: one attention head of --bind-layer, at the audio tokens "
+                        "of a sound that announced an arriving object, is asked to look at that object's visual "
+                        "tokens (a training aid for 'which sound played when X appeared', not part of the model); "
+                        "0 turns it off (default %(default)s)")
+    p.add_argument("--bind-layer", type=int, default=-1, help="decoder layer the binding loss supervises (default: 1)")
+    p.add_argument("--bind-head", type=int, default=0,
+                   help="attention head of that layer the binding loss supervises (default %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -64,6 +81,8 @@ def run(args) -> int:
                       token_drop_modes=tuple(m.strip() for m in args.token_drop_modes.split(",") if m.strip()),
                       ground_weight=args.ground_weight, ground_layer=args.ground_layer,
                       ground_head=args.ground_head,
-                      extra_qtypes=tuple(q.strip() for q in args.extra_qtypes.split(",") if q.strip()))
+                      extra_qtypes=tuple(q.strip() for q in args.extra_qtypes.split(",") if q.strip()),
+                      init_from=args.init_from, audio_weight=args.audio_weight, bind_weight=args.bind_weight,
+                      bind_layer=args.bind_layer, bind_head=args.bind_head)
     train(cfg, log=lambda m: print(m, flush=True))
     return 0
