@@ -136,6 +136,26 @@ def otv6():
     return q, k
 
 
+def test_istc_spread_keeps_the_count_and_the_best_share_by_score():
+    from vlmedge.compression.omnizip.istc import temporal_keep
+    from vlmedge.compression.spread import context_count
+
+    g = torch.Generator().manual_seed(3)
+    frames = [torch.randn(24, 8, generator=g) for _ in range(4)]
+    plain, spread = istc(frames, 0.6), istc(frames, 0.6, context=0.5)
+    n = num_keep(24, 0.6)
+    c = context_count(n, 0.5)
+    for t, (a, b) in enumerate(zip(plain, spread)):
+        assert b.numel() == n == a.numel() and bool((b[1:] > b[:-1]).all())
+        by_score = (dpc_knn_keep(frames[t][None], n - c)[0] if t % 2 == 0
+                    else temporal_keep(frames[t][None], frames[t - 1][None], n - c)[0])
+        assert set(by_score.tolist()) <= set(b.tolist())  # the best n - c by the released score stay
+    assert istc(frames, 0.6, context=0.0)[0].tolist() == plain[0].tolist()
+    m = get_method("omnizip:spread=0.5")
+    tok = FrameTokens(features=frames[0], grid_hw=(4, 6), trailer=torch.zeros(0, 8))
+    assert m.compress(tok, FrameContext(0, 0.0), None).keep.tolist() == spread[0].tolist()
+
+
 def test_otv6_saliency_and_pair_pooling():
     q, k = otv6()
     imp = audio_saliency(q, k)
@@ -284,7 +304,9 @@ def test_methods_are_registered_with_typed_settings():
         assert get_method(name).compress(tok, FrameContext(0, 0.0), None).keep.numel() == num_keep(24, 0.6)
     m = get_method("omnizip:exact_budget=yes,window=1.5")
     assert m.exact_budget is True and m.window == 1.5 and m.window_length(None) == 1.5
+    assert get_method("omnizip").spread == 0.0  # the release by default
     for bad, msg in [("omnizip:rho_a=1.5", "rho_a"), ("omnizip:g=-1", "g "), ("omnizip:context_windows=-2", "context"),
+                     ("omnizip:spread=1", r"spread .* must be in \[0, 1\)"),
                      ("omnizip_random:budget=half", "budget"), ("omnizip:window=0", "window")]:
         with pytest.raises(InputError, match=msg):
             get_method(bad)

@@ -17,6 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from vlmedge.compression.spread import top_with_context
+
 DPC_K = 5
 
 
@@ -42,34 +44,36 @@ def dpc_knn_scores(x: torch.Tensor, k: int = DPC_K) -> tuple[torch.Tensor, torch
     return rho, delta, delta * rho
 
 
-def _top(scores: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
-    """`[B, P]` → ascending kept indices `[B, n]`."""
+def _top(scores: torch.Tensor, n: int, largest: bool, context: float = 0.0) -> torch.Tensor:
+    """`[B, P]` → ascending kept indices `[B, n]`; with `context`, that share spread evenly (compression.spread)."""
     b, p = scores.shape
     if n >= p:
         return torch.arange(p, device=scores.device).expand(b, p).clone()
     if n <= 0:
         return scores.new_zeros(b, 0, dtype=torch.long)
-    return torch.topk(scores, n, dim=-1, largest=largest).indices.sort(dim=-1).values
+    return top_with_context(scores, n, largest, context)
 
 
-def dpc_knn_keep(frames: torch.Tensor, n: int, k: int = DPC_K) -> torch.Tensor:
+def dpc_knn_keep(frames: torch.Tensor, n: int, k: int = DPC_K, context: float = 0.0) -> torch.Tensor:
     """Kept indices `[B, n]` (ascending) of the frames `[B, P, D]` by DPC-KNN."""
     if n >= frames.shape[-2] or n <= 0:
         return _top(frames.new_zeros(frames.shape[:-1]), n, True)
-    return _top(dpc_knn_scores(frames, k)[2], n, largest=True)
+    return _top(dpc_knn_scores(frames, k)[2], n, True, context)
 
 
-def temporal_keep(frames: torch.Tensor, prev: torch.Tensor, n: int) -> torch.Tensor:
+def temporal_keep(frames: torch.Tensor, prev: torch.Tensor, n: int, context: float = 0.0) -> torch.Tensor:
     """Kept indices `[B, n]` (ascending): the tokens least similar to the same position of `prev`."""
     if n >= frames.shape[-2] or n <= 0:
         return _top(frames.new_zeros(frames.shape[:-1]), n, True)
     sim = F.cosine_similarity(F.normalize(frames.float(), dim=-1), F.normalize(prev.float(), dim=-1), dim=-1)
-    return _top(sim, n, largest=False)
+    return _top(sim, n, False, context)
 
 
-def istc_counts(frames: Sequence[torch.Tensor], counts: Sequence[int], k: int = DPC_K) -> list[torch.Tensor]:
+def istc_counts(frames: Sequence[torch.Tensor], counts: Sequence[int], k: int = DPC_K,
+                context: float = 0.0) -> list[torch.Tensor]:
     """ISTC with an explicit keep count per frame; `frames` are `[P_t, D]` in window order. Returns each frame's
-    kept indices (ascending, long)."""
+    kept indices (ascending, long). `context` > 0 (our extension; 0 is the release) spreads that share of each
+    frame's count evenly over the positions the score left out, as STC's pruner does."""
     frames = list(frames)
     out: list[torch.Tensor | None] = [None] * len(frames)
     groups: dict[tuple, list[int]] = {}  # (even?, P, n) → frame indices batched together
@@ -78,16 +82,18 @@ def istc_counts(frames: Sequence[torch.Tensor], counts: Sequence[int], k: int = 
         groups.setdefault((odd, f.shape[0], int(counts[t])), []).append(t)
     for (odd, _, n), ts in groups.items():
         cur = torch.stack([frames[t] for t in ts])
-        keep = temporal_keep(cur, torch.stack([frames[t - 1] for t in ts]), n) if odd else dpc_knn_keep(cur, n, k)
+        keep = (temporal_keep(cur, torch.stack([frames[t - 1] for t in ts]), n, context) if odd
+                else dpc_knn_keep(cur, n, k, context))
         for t, kp in zip(ts, keep):
             out[t] = kp
     return out  # type: ignore[return-value]
 
 
-def istc(frames: Sequence[torch.Tensor] | torch.Tensor, ratio: float, k: int = DPC_K) -> list[torch.Tensor]:
+def istc(frames: Sequence[torch.Tensor] | torch.Tensor, ratio: float, k: int = DPC_K,
+         context: float = 0.0) -> list[torch.Tensor]:
     """ISTC of one window at discard ratio `ratio`: every frame keeps `int(P·(1 − ratio))` tokens."""
     frames = list(frames)
-    return istc_counts(frames, [num_keep(f.shape[0], ratio) for f in frames], k)
+    return istc_counts(frames, [num_keep(f.shape[0], ratio) for f in frames], k, context)
 
 
 def istc_mask(video: torch.Tensor, tokens_per_frame: int, ratio: float) -> torch.Tensor:

@@ -11,6 +11,9 @@ Settings (`omnizip:rho_a=0.3,rho_v=0.6,...`; ρa and ρv are DISCARD ratios, as 
   (`stream.py`; 0 = the literal per-window form, which loses the audio guidance — see there);
 - `window` (None = the model's audio/video interleaving window, `seconds_per_chunk`, 2 s for Qwen2.5-Omni):
   seconds per window.
+- `spread` (0.0): our extension — the share of each frame's kept video tokens spread evenly over what ISTC's
+  score left out, as STC's `context` (ISTC keeps density peaks and changed tokens: distinct ones, the set that
+  made the reference models over-count under STC); 0 is the release. Also applies to `omnizip_videoonly`.
 
 Baselines (same settings, so `--method omnizip_random:rho_a=0.3,rho_v=0.6` is the matched comparison):
 - `omnizip_random` (`seed`, `budget`): uniformly random audio and video tokens. `budget=omnizip` (default) keeps
@@ -63,6 +66,7 @@ class OmniZip(Compressor):
     exact_budget: bool = False
     context_windows: int = 4
     window: float | None = None
+    spread: float = 0.0
 
     def __post_init__(self):
         def check(ok: bool, msg: str):
@@ -80,6 +84,8 @@ class OmniZip(Compressor):
         check(isinstance(self.exact_budget, bool), "exact_budget must be true or false")
         check(_is_int(self.context_windows) and self.context_windows >= 0,
               f"context_windows must be an integer >= 0, got {self.context_windows!r}")
+        check(_is_num(self.spread) and 0.0 <= self.spread < 1.0,
+              f"spread (share of each frame's kept video tokens spread evenly) must be in [0, 1), got {self.spread!r}")
         check(self.window is None or (_is_num(self.window) and self.window > 0),
               f"window must be a positive number of seconds (or none for the model's), got {self.window!r}")
 
@@ -113,7 +119,8 @@ class OmniZip(Compressor):
     def compress_window(self, frames, frame_ctx, audio, state) -> WindowSelection:
         _need_state(state)
         video, pieces = self._inputs(frames, audio)
-        res = stream_window(state, video, pieces, context=self.context_windows, **self._settings())
+        res = stream_window(state, video, pieces, context=self.context_windows, spread=self.spread,
+                            **self._settings())
         keep = torch.nonzero(res.audio_keep).flatten()
         feats = res.audio_features[keep] if res.audio_features is not None else None
         return WindowSelection(frames=[Selection(keep=k.cpu()) for k in res.video_keep],
@@ -123,7 +130,7 @@ class OmniZip(Compressor):
         """A lone frame outside any window (not how the session runs OmniZip): an unguided one-frame window,
         i.e. DPC-KNN at ρv."""
         f = check_batch(tokens.features, "frame tokens [N, D]", 2)
-        return Selection(keep=istc([f], self.rho_v)[0].cpu())
+        return Selection(keep=istc([f], self.rho_v, context=self.spread)[0].cpu())
 
     # ----- shared by the baselines -----
     def _omnizip_counts(self, state: OmniZipStreamState, video, pieces) -> tuple[list[int], int, dict]:
@@ -207,7 +214,7 @@ class OmniZipVideoOnly(OmniZip):
             counts = [num_keep(video.shape[1], self.rho_v)] * video.shape[0]
             info = dict(ratio=self.rho_v)
             record_window(state, video, pieces, 0)
-        keeps = istc_counts(list(video), counts) if video is not None else []
+        keeps = istc_counts(list(video), counts, context=self.spread) if video is not None else []
         p = 0 if video is None else video.shape[1]
         info.update(video_in=p * len(counts), video_kept=sum(counts), audio_in=n_a, audio_kept=n_a)
         state.last = info

@@ -2,7 +2,8 @@
 STC-Pruner after the projector, as pure functions plus one thin stateful method (`--method stc`)."""
 from vlmedge.compression.stc.cacher import LayerRef, refresh_layer, selective_from_indices, selective_layer
 from vlmedge.compression.stc.method import STC
-from vlmedge.compression.stc.pruner import (PrunerMemory, PruneResult, context_count, gaussian_similarity,
+from vlmedge.compression.spread import context_count
+from vlmedge.compression.stc.pruner import (PrunerMemory, PruneResult, gaussian_similarity,
                                             keep_from_scores, prune_chunk, score_tokens, select_channels, update_memory)
 from vlmedge.compression.stc.selection import (key_similarity, num_dynamic, select_dynamic_tokens,
                                                select_from_similarity)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from vlmedge.compression.spread import top_with_context
+
 SCORERS = ("gaussian", "dual_anchor")
 MEMORY_MODES = ("full", "legacy_subset_list")
 BANDWIDTHS = (2.0 ** -3, 2.0 ** -2, 2.0 ** -1, 1.0, 2.0)
@@ -97,17 +99,13 @@ def score_tokens(z: torch.Tensor, temporal: torch.Tensor, sel: torch.Tensor, sco
     raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
 
 
-def context_count(k: int, context: float) -> int:
-    """How many of a frame's `k` kept tokens are evenly spaced context tokens (the rest go by score)."""
-    return min(k - 1, int(round(context * k))) if k > 1 else 0
-
-
 def keep_from_scores(scores: torch.Tensor, k: int, scorer: str = "gaussian", context: float = 0.0) -> torch.Tensor:
     """Per frame, the `k` kept positions (ascending): lowest scores for `gaussian`, highest for `dual_anchor`.
     `scores [F, P]` → `[F, k]` long.
 
     With `context` > 0 (our extension; 0 is the released pruner), only `k - c` tokens go by score and the other
-    `c = context_count(k, context)` are spread evenly, in raster order, over the positions the score left out.
+    `c = context_count(k, context)` (`compression.spread`) are spread evenly, in raster order, over the
+    positions the score left out.
     Why: the most novel tokens are the objects plus whatever else stands out — halos where an object's
     features linger after it moved, grey distractors — and a frame of objects plus a few such blobs reads to
     the LLM like more objects. On the LLaVA-OneVision reference model, pruner only at 47 of 144 tokens, "how
@@ -121,17 +119,7 @@ def keep_from_scores(scores: torch.Tensor, k: int, scorer: str = "gaussian", con
     k = max(1, min(int(k), p))
     if k == p:
         return torch.arange(p, device=scores.device).expand(scores.shape[0], p).clone()
-    c = context_count(k, context)
-    idx = torch.topk(scores, k - c, dim=-1, largest=(scorer == "dual_anchor")).indices
-    if c:
-        left = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-        left.scatter_(-1, idx, False)
-        # every frame leaves the same number (p - k + c) of positions: the j-th of c evenly spaced picks among
-        # them is the one at rank floor((j + 0.5) * (p - k + c) / c) in raster order
-        rest = torch.nonzero(left)[:, 1].reshape(scores.shape[0], -1)
-        ranks = ((torch.arange(c, device=scores.device) + 0.5) * rest.shape[-1] / c).long()
-        idx = torch.cat([idx, rest[:, ranks]], dim=-1)
-    return idx.sort(dim=-1).values
+    return top_with_context(scores, k, scorer == "dual_anchor", context)
 
 
 @dataclass
