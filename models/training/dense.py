@@ -98,6 +98,29 @@ class DenseHead(nn.Module):
         return total / len(HEADS), torch.stack(acc)
 
 
+def vision_side_params(adapter) -> list:
+    """Every trainable parameter but the LLM's (vision tower, projector; an audio tower gets no gradient from
+    silent streams, so AdamW leaves it alone)."""
+    llm = {id(p) for m in (adapter.language_model(), adapter.lm_head()) for p in m.parameters()}
+    return [p for p in adapter.model.parameters() if p.requires_grad and id(p) not in llm]
+
+
+def silent_streams(rng: np.random.Generator, n: int) -> list:
+    """`n` camworld training streams without their sound track (vision-only stages need no audio)."""
+    from vlmedge.models import camworld
+    from vlmedge.models.camworld.config import WorldConfig
+    from vlmedge.models.training.data import VALIDATION_SEED_START
+
+    quiet = WorldConfig(audio=False)
+    return [camworld.generate(int(s), quiet) for s in rng.integers(0, VALIDATION_SEED_START, n)]
+
+
+def warm_decay(opt, lr: float, step: int, frac: float) -> None:
+    """The vision stages' schedule: a 50-step warm-up, then a linear decay to a tenth over the budget (`frac`)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / 50) * (1.0 - 0.9 * frac)
+
+
 def pretrain_vision(adapter, head: DenseHead, minutes: float, rng: np.random.Generator, lr: float, log,
                     streams_per_step: int = 4) -> int:
     """Dense-only warm-up of the vision side (tower + projector) before any question is asked.
@@ -112,20 +135,12 @@ def pretrain_vision(adapter, head: DenseHead, minutes: float, rng: np.random.Gen
     """
     import time
 
-    from vlmedge.models import camworld
-    from vlmedge.models.camworld.config import WorldConfig
-    from vlmedge.models.training.data import VALIDATION_SEED_START
-
-    llm = {id(p) for m in (adapter.language_model(), adapter.lm_head()) for p in m.parameters()}
-    params = [p for p in adapter.model.parameters() if p.requires_grad and id(p) not in llm] + list(head.parameters())
+    params = vision_side_params(adapter) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    quiet = WorldConfig(audio=False)  # the sound track plays no part here
     budget, t0, last, step, acc = minutes * 60.0, time.perf_counter(), 0.0, 0, None
     while time.perf_counter() - t0 < budget:
-        frac = (time.perf_counter() - t0) / budget
-        for g in opt.param_groups:  # short warm-up, then a linear decay to a tenth
-            g["lr"] = lr * min(1.0, (step + 1) / 50) * (1.0 - 0.9 * frac)
-        streams = [camworld.generate(int(s), quiet) for s in rng.integers(0, VALIDATION_SEED_START, streams_per_step)]
+        warm_decay(opt, lr, step, (time.perf_counter() - t0) / budget)
+        streams = silent_streams(rng, streams_per_step)
         tokens = adapter.encode_frames([f for s in streams for f in s.frames])
         labels = torch.cat([token_labels(s, i, tokens[0].grid_hw) for s in streams for i in range(s.num_frames)])
         loss, a = head.loss(torch.cat([t.features for t in tokens]), labels)

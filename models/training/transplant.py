@@ -58,25 +58,16 @@ def distill_vision(student, teacher, minutes: float, rng: np.random.Generator, l
     """Trains the student's vision tower and projector to reproduce the teacher's pooled frame tokens (relative
     squared error) for `minutes` (or `max_steps`). The student's LLM is untouched; `head` (the dense head), when given, learns
     to read the student's tokens on the side (detached: it does not pull the tower). Returns the steps taken."""
-    from vlmedge.models import camworld
-    from vlmedge.models.camworld.config import WorldConfig
-    from vlmedge.models.training.dense import token_labels
-    from vlmedge.models.training.data import VALIDATION_SEED_START
+    from vlmedge.models.training.dense import silent_streams, token_labels, vision_side_params, warm_decay
 
-    llm = {id(p) for m in (student.language_model(), student.lm_head()) for p in m.parameters()}
-    audio = getattr(student.model.model if hasattr(student.model, "model") else student.model, "audio_tower", None)
-    skip = llm | ({id(p) for p in audio.parameters()} if audio is not None else set())
-    params = [p for p in student.model.parameters() if p.requires_grad and id(p) not in skip]
+    params = vision_side_params(student)
     opt = torch.optim.AdamW(params + (list(head.parameters()) if head else []), lr=lr, weight_decay=0.01,
                             betas=(0.9, 0.98))
-    quiet = WorldConfig(audio=False)
     budget, t0, last, step, err, cos = minutes * 60.0, time.perf_counter(), 0.0, 0, None, None
     teacher.model.eval()
     while time.perf_counter() - t0 < budget and not (max_steps and step >= max_steps):
-        frac = (time.perf_counter() - t0) / budget
-        for g in opt.param_groups:  # short warm-up, then a linear decay to a tenth
-            g["lr"] = lr * min(1.0, (step + 1) / 50) * (1.0 - 0.9 * frac)
-        streams = [camworld.generate(int(s), quiet) for s in rng.integers(0, VALIDATION_SEED_START, streams_per_step)]
+        warm_decay(opt, lr, step, (time.perf_counter() - t0) / budget)
+        streams = silent_streams(rng, streams_per_step)
         frames = [f for s in streams for f in s.frames]
         mine = student.encode_frames(frames)
         with torch.no_grad():
