@@ -25,6 +25,9 @@ class Variant:
     keep: float | None  # nominal keep ratio (None: keeps every token, e.g. cacher only)
 
 
+GLIMPSE_SPREAD = 0.05  # the bench's `spread` row: 7 of the reference model's 144 tokens, 10 of 196
+
+
 def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
              glimpse_weights: str | None = None) -> tuple[list[Variant], dict[str, str]]:
     """The variants to run and {method: reason} for the ones skipped. GlimpsePrune runs only with trained
@@ -83,6 +86,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "glimpse":
                 out.append(Variant(f"glimpse ≤{tag}", "glimpse capped", f"glimpse:weights={glimpse_weights},"
                                                                        f"max_ratio={k}", k))
+                # our extension (off by default): 5% of each frame's tokens evenly spaced on top of the capped set
+                out.append(Variant(f"glimpse spread ≤{tag}", "glimpse spread",
+                                   f"glimpse:weights={glimpse_weights},max_ratio={k},spread={GLIMPSE_SPREAD}", k))
     return out, skipped
 
 

@@ -22,6 +22,10 @@ def test_plan_matches_token_counts_across_methods():
     assert specs["script dpp-only 33%"] == "script:ratio=0.327,gsp_ratio=0"
     assert skipped["omnizip"].startswith("needs an audio")
     assert "glimpse" in skipped or "glimpse ≤33%" in specs
+    plan, _ = variants(["glimpse"], [0.111], 144, False, glimpse_weights="W")
+    specs = {v.label: v.spec for v in plan}
+    assert specs == {"glimpse": "glimpse:weights=W", "glimpse ≤11%": "glimpse:weights=W,max_ratio=0.111",
+                     "glimpse spread ≤11%": "glimpse:weights=W,max_ratio=0.111,spread=0.05"}
     with pytest.raises(InputError, match="unknown bench method"):
         variants(["fastv"], [0.5], 196, False)
     with pytest.raises(InputError, match="keep ratios"):

@@ -87,6 +87,21 @@ def test_pruned_stream_is_consistent_and_asking_leaves_it_unchanged(tiny_adapter
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
 
 
+def test_spread_keeps_evenly_spaced_context_in_every_frame(tiny_adapters, tmp_path):
+    """`spread` adds floor(spread * N + 0.5) dropped tokens per frame, in the stream and in the question's prefill."""
+    a = tiny_adapters["llava_onevision"]
+    path = _saved(a, tmp_path, bias=-20.0)
+    s = StreamingSession(a, f"glimpse:weights={path},min_keep=1,spread=0.25")
+    _play(s, make_frames(2, seed=6))
+    n = s.frame_stats[0].tokens_in
+    extra = int(0.25 * n + 0.5)
+    assert extra >= 1 and [st.tokens_kept for st in s.frame_stats] == [1 + extra, 1 + extra]
+    plain = StreamingSession(a, f"glimpse:weights={path},min_keep=1")
+    _play(plain, make_frames(2, seed=6))
+    ans, ref = s.ask(Q, max_new_tokens=1), plain.ask(Q, max_new_tokens=1)
+    assert ans.stream_tokens - ref.stream_tokens == 2 * extra  # both frames re-selected with their context
+
+
 def test_a_failing_predictor_leaves_the_stream_as_it_was(tiny_adapters, tmp_path, monkeypatch):
     a = tiny_adapters["llava_onevision"]
     s = StreamingSession(a, f"glimpse:weights={_saved(a, tmp_path)}")
@@ -112,6 +127,8 @@ def test_settings_and_missing_weights_are_explained(tiny_adapters):
         StreamingSession(tiny_adapters["llava_onevision"], "glimpse:threshold=1.5")
     with pytest.raises(InputError, match="max_ratio"):
         StreamingSession(tiny_adapters["llava_onevision"], "glimpse:max_ratio=0")
+    with pytest.raises(InputError, match="spread"):
+        StreamingSession(tiny_adapters["llava_onevision"], "glimpse:spread=1")
     s = StreamingSession(tiny_adapters["llava_onevision"], "glimpse")
     with pytest.raises(InputError, match="weights=DIR"):
         s.push_frame(make_frames(1)[0])

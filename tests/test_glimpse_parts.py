@@ -85,6 +85,20 @@ def test_cap_applies_per_sample_across_images():
     assert [ids(t) for t in out] == [ids(keep_indices(G1)), []]
 
 
+def test_spread_adds_evenly_spaced_background_per_image():
+    """Our extension: floor(spread * N + 0.5) of the dropped tokens, the j-th of the M dropped at rank
+    floor((j + 0.5) * M / c), per image and on top of the cap; spread=0 is the released rule."""
+    assert [ids(t) for t in keep_indices_multi([G1], spread=0.0)] == [ids(keep_indices(G1))]
+    kept = ids(keep_indices(G1))  # [0, 2, 4, 6, 8, 9, 11, 14, 16, 18]
+    dropped = [i for i in range(20) if i not in kept]  # 10 left; c = round(0.2 * 20) = 4 -> ranks 1, 3, 6, 8
+    (out,) = keep_indices_multi([G1], spread=0.2)
+    assert ids(out) == sorted(kept + [dropped[r] for r in (1, 3, 6, 8)])
+    a, b = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.5]), torch.tensor([0.4, 0.3, 0.2, 0.1])
+    out = keep_indices_multi([a, b], max_ratio=0.3, spread=0.25)  # cap leaves [0, 1, 2] and []
+    # a: c = floor(1.5 + 0.5) = 2 of the dropped {3, 4, 5} at ranks 0, 2; b (nothing kept): c = 1 of 4 at rank 2
+    assert [ids(t) for t in out] == [[0, 1, 2, 3, 5], [2]]
+
+
 @pytest.mark.parametrize("call", [
     lambda: keep_indices(G1[None]),
     lambda: keep_indices(torch.tensor([1, 2, 3])),
@@ -98,6 +112,8 @@ def test_cap_applies_per_sample_across_images():
     lambda: keep_indices_multi([]),
     lambda: keep_indices_multi(G1),
     lambda: keep_indices_multi([G1, G1[None]]),
+    lambda: keep_indices_multi([G1], spread=1.0),
+    lambda: keep_indices_multi([G1], spread=-0.1),
 ])
 def test_keep_rejects_bad_input(call):
     with pytest.raises(InputError):

@@ -37,7 +37,8 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def prefill(backend, cache, pieces, threshold: float = 0.5, max_ratio: float | None = None, min_keep: int = 1):
+def prefill(backend, cache, pieces, threshold: float = 0.5, max_ratio: float | None = None, min_keep: int = 1,
+            spread: float = 0.0):
     """As prefill.prefill: (logits of the last kept row [1, V], kept indices per frame piece, VIP logits per
     frame piece), with the cache extended by the kept rows."""
     lay = layout(backend)
@@ -71,7 +72,8 @@ def prefill(backend, cache, pieces, threshold: float = 0.5, max_ratio: float | N
                      **{nm: t.numpy() for nm, t in zip(tap_names, frame_taps(p.tokens, lay["taps"]))}}
             z.append(torch.from_numpy(np.asarray(backend.run_stage(VIP_STAGE, feeds)["logits"], np.float32)))
         off += p.embeds.shape[0]
-    keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep) if z else []
+    keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep,
+                                   spread=spread) if z else []
 
     keep = kept_rows(pieces, keeps).numpy()
     index = np.concatenate([np.arange(start), start + keep])

@@ -4,6 +4,8 @@ Settings (`glimpse:threshold=0.5,max_ratio=0.2,...`):
 - `threshold` (0.5): keep tokens whose predicted probability is above it (strict, as released);
 - `max_ratio` (none): cap on the kept fraction, applied over all frames of one prefill together (as released:
   per sample, not per image); `min_keep` (1): never keep fewer;
+- `spread` (0 = released): add this share of each frame's tokens, evenly spaced over the ones the VIP dropped, as
+  background context (our extension, keep.add_spread; it raises the kept count by that share);
 - `weights` (none = `<model dir>/glimpse`): the trained modules (`vlmedge train-vip` writes them).
 
 Unlike the other methods it prunes INSIDE the LLM: layers 0..K see every token, then hidden states and the KV of
@@ -31,6 +33,7 @@ class Glimpse(Compressor):
     threshold: float = 0.5
     max_ratio: float | None = None
     min_keep: int = 1
+    spread: float = 0.0
     weights: str | None = None
 
     query_conditioned: ClassVar[bool] = True
@@ -50,6 +53,8 @@ class Glimpse(Compressor):
         check(self.max_ratio is None or (isinstance(self.max_ratio, num) and 0.0 < self.max_ratio <= 1.0),
               f"max_ratio must be in (0, 1] (or none for no cap), got {self.max_ratio!r}")
         check(isinstance(self.min_keep, int) and self.min_keep >= 1, f"min_keep must be >= 1, got {self.min_keep!r}")
+        check(isinstance(self.spread, num) and 0.0 <= self.spread < 1.0,
+              f"spread is a share of each frame's tokens in [0, 1), got {self.spread!r}")
         self._loaded: dict[int, tuple] = {}  # per adapter: (LayerRunner, GlimpseModules); read-only weights
 
     def modules(self, adapter):
@@ -93,11 +98,12 @@ class Glimpse(Compressor):
             from vlmedge.compression.glimpse.exported import prefill as prefill_exported
 
             logits, keeps, _ = prefill_exported(adapter, cache, pieces, threshold=self.threshold,
-                                                max_ratio=self.max_ratio, min_keep=self.min_keep)
+                                                max_ratio=self.max_ratio, min_keep=self.min_keep,
+                                                spread=self.spread)
             return logits, keeps
         from vlmedge.compression.glimpse.prefill import prefill
 
         runner, mods = self.modules(adapter)
         logits, keeps, _ = prefill(runner, mods, cache, pieces, threshold=self.threshold, max_ratio=self.max_ratio,
-                                   min_keep=self.min_keep)
+                                   min_keep=self.min_keep, spread=self.spread)
         return logits, keeps

@@ -83,7 +83,8 @@ def kept_rows(pieces: list[Piece], keeps: list[Tensor]) -> Tensor:
 
 
 def prefill(runner: LayerRunner, mods, cache, pieces: list[Piece], threshold: float = 0.5,
-            max_ratio: float | None = None, min_keep: int = 1):
+            max_ratio: float | None = None, min_keep: int = 1,
+            spread: float = 0.0):
     """Pruned prefill of `pieces` after what `cache` holds. Returns (logits of the last kept row, kept indices per
     frame piece (ascending, into its compressible tokens), VIP logits per frame piece)."""
     start = cache_length(cache, 0)
@@ -96,7 +97,8 @@ def prefill(runner: LayerRunner, mods, cache, pieces: list[Piece], threshold: fl
 
     def choose(captured: Tensor) -> Tensor:
         z = frame_logits(mods, captured[0], pieces, start)
-        keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep) if z else []
+        keeps = keep_indices_multi(z, threshold=threshold, max_ratio=max_ratio, min_keep=min_keep,
+                                   spread=spread) if z else []
         found["z"], found["keeps"] = z, keeps
         return kept_rows(pieces, keeps)
 
