@@ -150,6 +150,24 @@ def test_shape_curriculum_is_training_only(streams):
     assert picked and {q.qtype for q in picked} == {"shape"}
 
 
+def test_heard_asks_for_the_last_sound_and_is_training_only(streams):
+    """"heard" names the last sound that ended by the question (tied to an arrival or not), while it is recent."""
+    n, kinds = 0, set()
+    for s in streams:
+        sounds = sorted(s.world.sound_events(), key=lambda e: e.start)
+        for q in cw.candidates(s.world)["heard"]:
+            ended = [e for e in sounds if e.end <= q.time]
+            last = ended[-1]
+            assert q.answer == last.sound and q.refs == (last.obj,) and q.text == "what sound played last ?"
+            assert q.time - last.start <= cw.questions.HEARD_S and q.choices == cw.SOUNDS
+            assert q.evidence_start <= q.frame and s.frame_time(q.evidence_start) <= last.start
+            kinds.add(last.obj >= 0)
+            n += 1
+        assert all(q.qtype != "heard" for q in s.questions)
+    assert n > 50 and kinds == {True, False}  # both sounds that announce an object and free ones are asked about
+    assert "heard" in cw.TRAINING_QTYPES and "heard" not in cw.QTYPES and "heard" not in cw.chance_levels()
+
+
 def test_questions_are_whitespace_words_from_the_vocabulary(streams):
     vocab = set(cw.vocabulary())
     assert set(cw.answer_vocabulary()) <= vocab

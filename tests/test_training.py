@@ -69,6 +69,10 @@ def test_continuing_with_a_restarted_schedule(tmp_path):
     cfg.max_steps, cfg.extra_qtypes = 4, ("shape",)
     res = train(cfg, log=logs.append)
     assert any("resumed" in m for m in logs) and any("shape:" in m for m in logs if m.startswith("[train] step"))
+    # resuming the full training state with restart_schedule also starts a new warm-up and cosine there
+    assert abs(_first_lr(logs) - 1e-3 / 10) < 1e-6
+    st = __import__("torch").load(os.path.join(work, "train_state.pt"), weights_only=False)
+    assert st["warm_from"] == 3 and st["sched_from"] > 0
     last = res["curve"][-1]
     scored = [v for k, v in last.items() if k not in ("minutes", "step", "mean", "ground", "shape")]
     assert "shape" in last and last["mean"] == pytest.approx(sum(scored) / len(scored), abs=2e-3)

@@ -11,7 +11,7 @@ from vlmedge.models.training import data, dense, grounding
 from vlmedge.models.training.packing import collate
 from vlmedge.models.training.reference import reference_words
 from vlmedge.models.training.token_drop import DropPlan
-from vlmedge.models.training.trainer import TrainConfig, pack_example, train
+from vlmedge.models.training.trainer import TrainConfig, pack_example, qtypes_for, train
 
 
 def _adapter(family="llava_onevision"):
@@ -144,6 +144,36 @@ def test_train_reference_with_the_grounding_loss_logs_and_validates_it(tmp_path)
     cfg.ground_layer, cfg.ground_head = -1, 6
     with pytest.raises(InputError, match="ground-head 6"):
         train(cfg, log=logs.append)
+
+
+def test_heard_questions_ground_on_the_audio_tokens_of_the_last_sound():
+    from vlmedge.models.training.trainer import attach_audio_tokens
+
+    a = _adapter("qwen2_5_omni")
+    found = 0
+    for seed in range(40, 60):
+        ex = data.stream_example(seed, np.random.default_rng(seed), {"heard": 2}, crop=True)
+        for clip in ex:
+            with torch.no_grad():
+                attach_audio_tokens(a, [clip.stream], "qwen2_5_omni")
+                tokens = a.encode_frames(clip.stream.frames[clip.start:clip.end])
+                p = pack_example(a, clip, tokens, "qwen2_5_omni")
+            targets = grounding.evidence_tokens(clip, p, tokens[0].grid_hw)
+            for (frame, _, answer, qtype), idx in zip(clip.questions, targets):
+                assert qtype == "heard" and idx.numel() > 0
+                t_q = clip.stream.frame_time(clip.start + frame)
+                last = max((e for e in clip.stream.world.sound_events() if e.end <= t_q), key=lambda e: e.start)
+                assert last.sound == answer
+                for i in idx.tolist():
+                    (offset, t0, spt, n), = [c for c in p.audio if c[0] <= i < c[0] + c[3]]
+                    t = t0 + spt * (i - offset)
+                    assert t < last.end and t + spt > last.start
+                found += 1
+        if found >= 3:
+            break
+    assert found >= 3
+    with pytest.raises(InputError, match="heard"):
+        qtypes_for("llava_onevision", ("heard",))
 
 
 def test_sound_questions_ground_on_the_audio_tokens_of_their_sound_and_match_eager_attention():

@@ -35,7 +35,8 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
     that the clip holds (count: every visible object; "is there a <colour> <shape>": every object of that name, or
     for a "no" the objects that share its colour or its shape, which the answer must be checked against;
     otherwise the answer's object, which camworld lists first). "sound": the audio tokens heard while the sound
-    tied to its object played. Empty when there is nothing to show (evidence dropped from every frame)."""
+    tied to its object played; "heard": those of the last sound. Empty when there is nothing to show (evidence
+    dropped from every frame)."""
     out, objects = [], {}  # frame -> object id per token, computed once: a stream's questions share frames
 
     def objects_at(f):
@@ -45,7 +46,13 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
 
     for (frame, _, _, qtype), (refs, first) in zip(ex.questions, ex.evidence):
         if qtype == "sound":
-            out.append(_sound_tokens(ex, packed, refs[0]) if refs else torch.zeros(0, dtype=torch.long))
+            events = [e for e in ex.stream.world.sound_events() if refs and e.obj == refs[0]]
+            out.append(_sound_tokens(packed, events))
+            continue
+        if qtype == "heard":  # the last sound that ended by the question's frame (camworld asks no other)
+            t = ex.stream.world.config.frame_time(ex.start + frame)
+            ended = sorted((e for e in ex.stream.world.sound_events() if e.end <= t), key=lambda e: e.start)
+            out.append(_sound_tokens(packed, ended[-1:]))
             continue
         ids = list(refs) if qtype in ("count", "exists") else list(refs[:1])
         idx = []
@@ -59,9 +66,8 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
     return out
 
 
-def _sound_tokens(ex, packed, obj: int) -> Tensor:
-    """Packed indices of the audio tokens whose span overlaps the sound announcing object `obj`."""
-    events = [e for e in ex.stream.world.sound_events() if e.obj == obj]
+def _sound_tokens(packed, events) -> Tensor:
+    """Packed indices of the audio tokens whose span overlaps one of the sound `events`."""
     idx = []
     for offset, t0, spt, n in packed.audio:
         start = t0 + spt * torch.arange(n)

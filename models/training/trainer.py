@@ -102,6 +102,9 @@ def qtypes_for(family: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
         raise InputError(f"unknown training-only question type(s) {', '.join(unknown)}: choose from "
                          f"{', '.join(camworld.TRAINING_QTYPES)}")
     base = tuple(camworld.QTYPES) if family == "qwen2_5_omni" else tuple(camworld.VISUAL_QTYPES)
+    if "heard" in extra and family != "qwen2_5_omni":
+        raise InputError(f"'heard' asks about the audio track, which a {family} model does not hear: drop it from "
+                         "--extra-qtypes or train qwen2_5_omni")
     return base + tuple(q for q in extra if q not in base)
 
 
@@ -309,6 +312,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         weights.error.update(st["type_error"])  # a type added since the checkpoint starts at full error
         step, elapsed, curve = st["step"], st["elapsed"], st["curve"]
         warm_from, sched_from = st.get("warm_from", 0), st.get("sched_from", 0.0)
+        if cfg.restart_schedule:  # as from the bundled weights: a new warm-up and cosine over the minutes left
+            warm_from, sched_from = step, elapsed
         if head is not None and st.get("dense_head"):
             head.load_state_dict(st["dense_head"])
         if audio_head is not None and st.get("audio_head"):
