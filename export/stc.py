@@ -4,8 +4,8 @@ STC-Cacher alternates two passes (compression/stc/cacher.py). The refresh pass i
 with the blocks' internals as extra outputs (`ref_k`, `ref_v`, `ref_attn`, `ref_mlp`, `[blocks, T, C]`; the
 method's `vision_refs` asks for them). The selective pass is this graph: pixels plus those references in,
 features/trailer/taps out, each block recomputing only its `n = num_dynamic(T, ratio)` least similar tokens
-(cosine of keys against the reference, ONNX TopK; indices sorted ascending) and reusing the cached attention
-and MLP outputs elsewhere. The graph is stateless: the references live in the stream's state and go in as
+(cosine of keys against the reference, ONNX TopK; indices sorted ascending) and reusing the cached MLP
+outputs elsewhere (and, with the released `attention="selected"`, the cached attention outputs too). The graph is stateless: the references live in the stream's state and go in as
 inputs, so one export serves any number of streams. `n` is fixed at export (it depends on T and the ratio
 only), which keeps every shape static, as TensorRT wants.
 """
@@ -25,9 +25,10 @@ from vlmedge.export.stages import (REF_NAMES, ExportError, StageExporter, Vision
 class STCSelectGraph(VisionGraph):
     """pixels + references → features, trailer, taps: the cacher's selective pass over every block."""
 
-    def __init__(self, adapter, ratio: float, taps=(), custom_ops: bool = False):
+    def __init__(self, adapter, ratio: float, taps=(), custom_ops: bool = False, attention: str = "selected"):
         super().__init__(adapter, taps)
         self.ratio = float(ratio)
+        self.attention = attention
         self.custom_ops = custom_ops
 
     def forward(self, pixels, ref_k, ref_v, ref_attn, ref_mlp):
@@ -41,9 +42,9 @@ class STCSelectGraph(VisionGraph):
                 x = p.norm1(h)
                 k = p.k(x)
                 idx = torch.ops.vlmedge.stc_select(k, ref.k, self.ratio)
-                out = selective_from_indices(p, h, ref, idx, x=x, k=k)
+                out = selective_from_indices(p, h, ref, idx, x=x, k=k, attention=self.attention)
             else:
-                out, _ = selective_layer(p, h, ref, self.ratio)
+                out, _ = selective_layer(p, h, ref, self.ratio, attention=self.attention)
             hidden = a.vision_hidden(out, hidden)
             if i in self.tap_blocks:
                 got[i] = a.tap_to_raster(hidden, self.ctx)
@@ -72,7 +73,7 @@ class STCSelectStage(StageExporter):
                 raise ExportError("custom ops (--custom-ops) need the dynamo exporter; drop --exporter torchscript "
                                   "or export with --no-custom-ops")
             import vlmedge.export.ops.torch_ops  # noqa: F401  (registers torch.ops.vlmedge.*)
-        graph = STCSelectGraph(a, m.ratio, taps, custom_ops=job.custom_ops).eval()
+        graph = STCSelectGraph(a, m.ratio, taps, custom_ops=job.custom_ops, attention=m.attention).eval()
         refresh = VisionGraph(a, taps, refs=True).eval()
         h, w = a.frame_size
         g = torch.Generator().manual_seed(0)
@@ -87,7 +88,7 @@ class STCSelectStage(StageExporter):
         feeds = {"pixels": second.numpy(), **{n: r.numpy() for n, r in zip(REF_NAMES, refs)}}
         check = check_graph(job, self.name, os.path.join(job.out_dir, self.file), feeds, list(ref_out), outs)
         tokens = int(refs[0].shape[1])
-        attrs = {"ratio": m.ratio, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
+        attrs = {"ratio": m.ratio, "attention": m.attention, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
                  "vision_blocks": len(graph.parts), "taps": taps,
                  "references": "ref_k/ref_v/ref_attn/ref_mlp from the vision stage's refresh pass, [blocks, T, C]",
                  "check": check, **custom_ops_attrs(os.path.join(job.out_dir, self.file))}

@@ -137,6 +137,9 @@ def test_stc_settings_the_export_cannot_serve_are_refused(exported):
     session = StreamingSession(backend, "stc:ratio=0.5")
     with pytest.raises(InputError, match="stc:ratio=0.25"):
         session.push_frame(make_frames(1)[0], time_s=0.0)
+    session = StreamingSession(backend, "stc:attention=selected")
+    with pytest.raises(InputError, match="stc:attention=all"):
+        session.push_frame(make_frames(1)[0], time_s=0.0)
     session = StreamingSession(backend, "stc:cacher=false,tokens=4")  # the pruner alone needs no extra graph
     assert session.push_frame(make_frames(1)[0], time_s=0.0).tokens_kept == 4
 

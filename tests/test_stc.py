@@ -188,6 +188,43 @@ def test_stv4_cacher_layer_properties(tiny_adapters, family):
         assert torch.equal(selective_from_indices(parts, hd, ref, idx_d), out_d)
 
 
+@pytest.mark.parametrize("family", TOWERS)
+@torch.no_grad()
+def test_every_row_attends_with_attention_all(tiny_adapters, family):
+    """Our extension: unselected rows attend too, so only their MLP output is the reference's (no ghosts)."""
+    a = tiny_adapters[family]
+    f0, f1 = make_frames(2, seed=3)
+    ins0, ctx, _ = block_inputs(a, f0)
+    ins1, _, _ = block_inputs(a, f1)
+    for i in range(len(a.vision_blocks())):
+        parts = a.vision_layer_parts(i, ctx)
+        h, hc = ins0[i], ins1[i]
+        T = h.shape[0]
+        out, ref = refresh_layer(parts, h)
+        full_c, _ = refresh_layer(parts, hc)
+        assert (selective_layer(parts, hc, ref, 1.0, attention="all")[0] - full_c).abs().max().item() == 0.0
+        same, _ = selective_layer(parts, h, ref, 0.25, attention="all")
+        torch.testing.assert_close(same, out, atol=1e-6, rtol=1e-6)
+        g = torch.Generator().manual_seed(i)
+        hd = h.clone()
+        hd[[2, 5]] += 3.0 * torch.randn(2, h.shape[1], generator=g)
+        full_d, ref_d = refresh_layer(parts, hd)
+        out_d, idx_d = selective_layer(parts, hd, ref, 2.5 / T, attention="all")
+        assert idx_d.tolist() == [2, 5]
+        torch.testing.assert_close(out_d[[2, 5]], full_d[[2, 5]], atol=1e-5, rtol=1e-5)
+        others = torch.tensor([t for t in range(T) if t not in (2, 5)])
+        # the others' attention is the full layer's (their own inputs, keys and values did not change) ...
+        want = (hd + ref_d.attn + ref.mlp)[others]
+        torch.testing.assert_close(out_d[others], want, atol=1e-5, rtol=1e-5)
+        # ... where the release keeps their stale attention output
+        released, _ = selective_layer(parts, hd, ref, 2.5 / T)
+        win = _window_ids(a, i, ctx, T)
+        affected = others[(win[others] == win[2]) | (win[others] == win[5])]
+        assert bool(((released - out_d).abs().amax(dim=1)[affected] > 1e-4).all())
+    with pytest.raises(ValueError, match="attention must be one of"):
+        selective_layer(parts, hd, ref, 0.25, attention="some")
+
+
 def _block_shape(a, h):
     return (1, *h.shape) if a.family == "llava_onevision" else tuple(h.shape)
 
@@ -373,6 +410,7 @@ def test_settings_are_typed_validated_and_round_trip():
     assert got == (64, 0.25, 2, "gaussian", 0.5, 0.5)
     assert m.cacher and m.pruner and not m.refresh_gate and m.gate_threshold == 0.85
     assert m.context == 0.5  # our extension, on by default (method.py says why); context=0 is the release
+    assert m.attention == "all"  # our extension, on by default (cacher.selective_from_indices says why)
     m = get_method("stc:tokens=64,ratio=0.5,cache_interval=3,scorer=dual_anchor,alpha=0.7,refresh_gate=on")
     assert get_method(m.spec()) == m
     for spec, msg in [("stc:ratio=0", r"ratio .* must be in \(0, 1\]"), ("stc:ratio=1.5", r"ratio"),
@@ -381,6 +419,7 @@ def test_settings_are_typed_validated_and_round_trip():
                       ("stc:alpha=2", "alpha"), ("stc:channel_ratio=0", "channel_ratio"),
                       ("stc:gate_threshold=2", "gate_threshold"), ("stc:memory_mode=list", "memory_mode"),
                       ("stc:context=1", r"context .* must be in \[0, 1\)"), ("stc:context=-0.1", "context"),
+                      ("stc:attention=some", "attention must be one of all, selected|attention must be one of selected, all"),
                       ("stc:cacher=maybe", "must be bool"), ("stc:tokens=many", "must be int")]:
         with pytest.raises(InputError, match=msg):
             get_method(spec)

@@ -11,8 +11,9 @@ the stream's state (`STCStreamState`).
 - `selective_layer` recomputes keys for all T tokens, picks the `n` least similar to the reference keys
   (`selection.py`), and recomputes queries, values, attention and MLP only at those rows: values elsewhere are
   the reference's, attention runs for the selected queries over all (new) keys and the mixed values, the
-  other rows take the cached A and M. Residuals always come from the current frame's `h`. References are not
-  changed.
+  other rows take the cached A and M (released; `attention="all"`, our extension, lets every row attend and
+  caches only M, see `selective_from_indices`). Residuals always come from the current frame's `h`.
+  References are not changed.
 
 How the selective pass is computed (bit-for-bit the spec's `h1 = h + A_full; out = h1 + M_full`, without
 materialising A_full / M_full): `out = (h + A_ref) + M_ref` for every row, then the selected rows are
@@ -81,8 +82,11 @@ def refresh_layer(parts, h: torch.Tensor, x: torch.Tensor | None = None,
     return h1 + m, LayerRef(k=k.contiguous(), v=v.contiguous(), attn=a, mlp=m)
 
 
+ATTENTION_MODES = ("selected", "all")
+
+
 def selective_layer(parts, h: torch.Tensor, ref: LayerRef, ratio: float, x: torch.Tensor | None = None,
-                    k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    k: torch.Tensor | None = None, attention: str = "selected") -> tuple[torch.Tensor, torch.Tensor]:
     """The cached block on `h [T, C]` against `ref`; returns its output and the recomputed rows (ascending)."""
     if h.shape[0] != ref.num_tokens:
         raise ValueError(f"frame has {h.shape[0]} tokens but the layer reference has {ref.num_tokens}; refresh first")
@@ -91,23 +95,43 @@ def selective_layer(parts, h: torch.Tensor, ref: LayerRef, ratio: float, x: torc
     if k is None:
         k = parts.k(x)  # new keys for ALL tokens
     idx = select_from_similarity(key_similarity(k, ref.k), ratio)
-    return selective_from_indices(parts, h, ref, idx, x=x, k=k), idx
+    return selective_from_indices(parts, h, ref, idx, x=x, k=k, attention=attention), idx
 
 
 def selective_from_indices(parts, h: torch.Tensor, ref: LayerRef, idx: torch.Tensor, x: torch.Tensor | None = None,
-                           k: torch.Tensor | None = None) -> torch.Tensor:
-    """The selective pass with the recomputed rows `idx` given (for tests and for fixed-index replays)."""
+                           k: torch.Tensor | None = None, attention: str = "selected") -> torch.Tensor:
+    """The selective pass with the recomputed rows `idx` given (for tests and for fixed-index replays).
+
+    `attention="selected"` is the release: only the selected rows attend, the others take the cached A.
+    `attention="all"` (our extension) lets every row attend, with its current query, over the current keys and
+    the mixed values; only the MLP stays cached for the unselected rows. Why: with the release a token whose own
+    patch did not change is never selected (its block input, hence its key, equals the reference's at every
+    layer) and replays the reference frame's attention output, including what it took in from an object that
+    has since moved or left. On the reference LLaVA model (200 evaluation seeds) those ghosts cost the cacher
+    alone 0.909 -> 0.883 overall and "how many" 1.00 -> 0.865; with every row attending it gives 0.908 and
+    0.995, and full STC at a third of the tokens 0.884 -> 0.906. The extra work per block is the query and
+    output projections of the unselected rows and their attention rows (about 3 T C^2 + 2 T^2 C of the
+    block's ~12 T C^2 + 2 T^2 C); the MLP, two thirds of a block, stays selective. Using the reference's
+    queries instead of current ones scored the same (0.908) but needs a fifth cached tensor per block.
+    """
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     if x is None:
         x = parts.norm1(h)
     if k is None:
         k = parts.k(x)
     xs = x[idx]
-    q_sel = parts.q(xs)
     v_mix = ref.v.clone()
     v_mix[idx] = parts.v(xs).to(v_mix.dtype)  # V_ref with the selected rows' new values scattered in
-    a_sel = parts.attend(idx, q_sel, k, v_mix)  # selected queries over all keys and the mixed values
-    out = (h + ref.attn) + ref.mlp  # rows that reuse the cache: h1 = h + A_ref, out = h1 + M_ref
-    h1_sel = h[idx] + a_sel
+    if attention == "all":
+        rows = torch.arange(h.shape[0], device=h.device)
+        h1 = h + parts.attend(rows, parts.q(x), k, v_mix)  # every query over all keys and the mixed values
+        out = h1 + ref.mlp
+        h1_sel = h1[idx]
+    else:
+        a_sel = parts.attend(idx, parts.q(xs), k, v_mix)  # selected queries over all keys and the mixed values
+        out = (h + ref.attn) + ref.mlp  # rows that reuse the cache: h1 = h + A_ref, out = h1 + M_ref
+        h1_sel = h[idx] + a_sel
     out[idx] = h1_sel + parts.mlp(parts.norm2(h1_sel))
     return out
 

@@ -31,6 +31,10 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
     if abs(float(select["ratio"]) - method.ratio) > 1e-9:
         raise InputError(f"this export's selective pass recomputes ratio {select['ratio']} of the tokens; run with "
                          f"stc:ratio={select['ratio']} or re-export with the ratio you want")
+    exported_attention = select.get("attention", "selected")  # exports made before the setting: the release
+    if exported_attention != method.attention:
+        raise InputError(f"this export's selective pass was built with stc:attention={exported_attention}; run with "
+                         f"that setting or re-export with attention={method.attention}")
     missing = [t for t in taps if t not in select["taps"]]
     if missing:
         raise InputError(f"vision taps {missing} were not exported (this export has {select['taps'] or 'none'})")
