@@ -59,6 +59,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             continue
         if m == "stc":
             out.append(Variant("stc cacher only", "stc cacher only", "stc:pruner=false", None))
+            # the released cacher (only recomputed tokens attend), so the extension's effect is in the table
+            out.append(Variant("stc cacher only released", "stc cacher only released",
+                               "stc:pruner=false,attention=selected", None))
         for k in ratios:
             tag = f"{k:.0%}"
             n = max(1, round(k * tokens_per_frame))
@@ -67,8 +70,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "stc":
                 out.append(Variant(f"stc pruner only {tag}", "stc pruner only", f"stc:cacher=false,tokens={n}", k))
                 out.append(Variant(f"stc {tag}", "stc", f"stc:tokens={n}", k))
-                # the released pruner (no evenly spaced context tokens), so the extension's effect is in the table
-                out.append(Variant(f"stc released {tag}", "stc released", f"stc:tokens={n},context=0", k))
+                # the release: no evenly spaced context tokens, only the recomputed tokens attend in the cacher
+                out.append(Variant(f"stc released {tag}", "stc released",
+                                   f"stc:tokens={n},context=0,attention=selected", k))
             elif m == "script":
                 out.append(Variant(f"script {tag}", "script", f"script:ratio={k}", k))
                 out.append(Variant(f"script dpp-only {tag}", "script dpp-only", f"script:ratio={k},gsp_ratio=0", k))

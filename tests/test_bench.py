@@ -18,7 +18,8 @@ def test_plan_matches_token_counts_across_methods():
     specs = {v.label: v.spec for v in plan}
     assert specs["stc 33%"] == "stc:tokens=64" and specs["stc pruner only 33%"] == "stc:cacher=false,tokens=64"
     assert specs["stc cacher only"] == "stc:pruner=false" and specs["uniform 33%"] == "uniform:ratio=0.327"
-    assert specs["stc released 33%"] == "stc:tokens=64,context=0"
+    assert specs["stc released 33%"] == "stc:tokens=64,context=0,attention=selected"
+    assert specs["stc cacher only released"] == "stc:pruner=false,attention=selected"
     assert specs["script dpp-only 33%"] == "script:ratio=0.327,gsp_ratio=0"
     assert skipped["omnizip"].startswith("needs an audio")
     assert "glimpse" in skipped or "glimpse ≤33%" in specs
