@@ -393,11 +393,12 @@ register_vision_embed("qwen2_5_omni")(_qwen_embed)
 class VisionGraph(nn.Module):
     """pixels `[1, 3, H, W]` float32 → features, trailer, taps (float32), for the adapter's fixed frame size.
 
-    With `refs`, also every block's internals as STC's cacher keeps them (compression/stc/cacher.py
-    `LayerRef`), stacked over blocks in the tower's dtype: `ref_k`, `ref_v` (projected keys/values),
-    `ref_attn` (attention output after its projection) and `ref_mlp` (MLP output), each `[blocks, T, C]`."""
+    With `refs` (names from REF_NAMES), also those internals of every block as STC's cacher keeps them
+    (compression/stc/cacher.py `LayerRef`), stacked over blocks in the tower's dtype, each `[blocks, T, C]`:
+    `ref_k`, `ref_v`, `ref_q` (projected keys/values/queries), `ref_attn` (attention output after its
+    projection), `ref_mlp` (MLP output)."""
 
-    def __init__(self, adapter, taps=(), refs: bool = False):
+    def __init__(self, adapter, taps=(), refs=()):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model  # registers the weights
@@ -409,7 +410,10 @@ class VisionGraph(nn.Module):
         self.parts = [adapter.vision_layer_parts(i, self.ctx) for i in range(n)]
         self.taps = list(taps)
         self.tap_blocks = [adapter.block_index(t) for t in self.taps]
-        self.refs = refs
+        unknown = [r for r in refs if r not in REF_NAMES]
+        if unknown:
+            raise ValueError(f"unknown block internals {unknown}; choose from {REF_NAMES}")
+        self.refs = list(refs)
         maker = _VISION_EMBED.get(adapter.family)
         self.embed = maker(adapter, self.ctx) if maker else (lambda px: adapter.vision_embed(px)[0])
 
@@ -422,20 +426,22 @@ class VisionGraph(nn.Module):
             x = p.norm1(h)
             rows = torch.arange(h.shape[0])
             k, v = p.k(x), p.v(x)
-            attn = p.attend(rows, p.q(x), k, v)
+            q = p.q(x)
+            attn = p.attend(rows, q, k, v)
             h1 = h + attn
             mlp = p.mlp(p.norm2(h1))
             hidden = a.vision_hidden(h1 + mlp, hidden)
             if self.refs:
-                kept.append((k, v, attn, mlp))
+                have = {"ref_k": k, "ref_v": v, "ref_q": q, "ref_attn": attn, "ref_mlp": mlp}
+                kept.append([have[n] for n in self.refs])
             if i in self.tap_blocks:
                 got[i] = a.tap_to_raster(hidden, self.ctx)
         out = a.vision_project(hidden, self.ctx)
-        refs = [torch.stack([r[j] for r in kept]) for j in range(4)] if self.refs else []
+        refs = [torch.stack([r[j] for r in kept]) for j in range(len(self.refs))] if self.refs else []
         return (out.features.float(), out.trailer.float(), *[got[b].float() for b in self.tap_blocks], *refs)
 
 
-REF_NAMES = ["ref_k", "ref_v", "ref_attn", "ref_mlp"]  # per-block internals, see VisionGraph
+REF_NAMES = ["ref_k", "ref_v", "ref_q", "ref_attn", "ref_mlp"]  # per-block internals, see VisionGraph
 
 
 @register_stage
@@ -447,12 +453,12 @@ class VisionStage(StageExporter):
     def export(self, job):
         a = job.adapter
         taps = list(getattr(job.method, "taps", ()) or ())
-        refs = bool(getattr(job.method, "vision_refs", False))
+        refs = list(getattr(job.method, "vision_refs", ()) or ())
         graph = VisionGraph(a, taps, refs).eval()
         h, w = a.frame_size
         pixels = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
         tap_names = [f"tap_{t}" for t in taps]
-        outs = ["features", "trailer", *tap_names, *(REF_NAMES if refs else [])]
+        outs = ["features", "trailer", *tap_names, *refs]
         exporter = export_onnx(job, self.name, graph, (pixels,), self.file, ["pixels"], outs, {})
         with torch.no_grad(), sdpa_as_4d():
             ref = graph(pixels)

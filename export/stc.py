@@ -1,8 +1,8 @@
 """STC's selective vision pass as a graph (`vision_stc_select`), registered when a method asks for it.
 
 STC-Cacher alternates two passes (compression/stc/cacher.py). The refresh pass is the plain `vision` graph
-with the blocks' internals as extra outputs (`ref_k`, `ref_v`, `ref_attn`, `ref_mlp`, `[blocks, T, C]`; the
-method's `vision_refs` asks for them). The selective pass is this graph: pixels plus those references in,
+with the blocks' internals as extra outputs (`ref_k`, `ref_v`, then `ref_q` or, for the released
+`attention="selected"`, `ref_attn`, then `ref_mlp`, `[blocks, T, C]`; the method's `vision_refs` names them). The selective pass is this graph: pixels plus those references in,
 features/trailer/taps out, each block recomputing only its `n = num_dynamic(T, ratio)` least similar tokens
 (cosine of keys against the reference, ONNX TopK; indices sorted ascending) and reusing the cached MLP
 outputs elsewhere (and, with the released `attention="selected"`, the cached attention outputs too). The graph is stateless: the references live in the stream's state and go in as
@@ -15,10 +15,10 @@ import os
 
 import torch
 
-from vlmedge.compression.stc.cacher import LayerRef, selective_from_indices, selective_layer
+from vlmedge.compression.stc.cacher import LayerRef, ref_names, selective_from_indices, selective_layer
 from vlmedge.compression.stc.exported import SELECT_STAGE as STAGE
 from vlmedge.compression.stc.selection import num_dynamic
-from vlmedge.export.stages import (REF_NAMES, ExportError, StageExporter, VisionGraph, _stage_spec, check_graph,
+from vlmedge.export.stages import (ExportError, StageExporter, VisionGraph, _stage_spec, check_graph,
                                    custom_ops_attrs, export_onnx, register_stage, sdpa_as_4d)
 
 
@@ -31,12 +31,13 @@ class STCSelectGraph(VisionGraph):
         self.attention = attention
         self.custom_ops = custom_ops
 
-    def forward(self, pixels, ref_k, ref_v, ref_attn, ref_mlp):
+    def forward(self, pixels, *refs):
         a = self.adapter
         hidden = self.embed(pixels.to(a.dtype))
         got = {}
+        names = ref_names(self.attention)  # the order the refs come in
         for i, p in enumerate(self.parts):
-            ref = LayerRef(k=ref_k[i], v=ref_v[i], attn=ref_attn[i], mlp=ref_mlp[i])
+            ref = LayerRef(**{"attn": None, **{n: r[i] for n, r in zip(names, refs)}})
             h = a.vision_tokens(hidden)
             if self.custom_ops:  # one vlmedge::StcSelect node instead of the cosine + TopK + sort decomposition
                 x = p.norm1(h)
@@ -74,22 +75,23 @@ class STCSelectStage(StageExporter):
                                   "or export with --no-custom-ops")
             import vlmedge.export.ops.torch_ops  # noqa: F401  (registers torch.ops.vlmedge.*)
         graph = STCSelectGraph(a, m.ratio, taps, custom_ops=job.custom_ops, attention=m.attention).eval()
-        refresh = VisionGraph(a, taps, refs=True).eval()
+        ref_inputs = list(m.vision_refs)
+        refresh = VisionGraph(a, taps, refs=ref_inputs).eval()
         h, w = a.frame_size
         g = torch.Generator().manual_seed(0)
         first, second = (torch.randn(1, 3, h, w, generator=g) for _ in range(2))
         with torch.no_grad(), sdpa_as_4d():
-            refs = refresh(first)[-4:]  # a real reference: frame 1's internals
+            refs = refresh(first)[-len(ref_inputs):]  # a real reference: frame 1's internals
         args = (second, *refs)
         outs = ["features", "trailer", *[f"tap_{t}" for t in taps]]
-        exporter = export_onnx(job, self.name, graph, args, self.file, ["pixels", *REF_NAMES], outs, {})
+        exporter = export_onnx(job, self.name, graph, args, self.file, ["pixels", *ref_inputs], outs, {})
         with torch.no_grad(), sdpa_as_4d():
             ref_out = graph(*args)
-        feeds = {"pixels": second.numpy(), **{n: r.numpy() for n, r in zip(REF_NAMES, refs)}}
+        feeds = {"pixels": second.numpy(), **{n: r.numpy() for n, r in zip(ref_inputs, refs)}}
         check = check_graph(job, self.name, os.path.join(job.out_dir, self.file), feeds, list(ref_out), outs)
         tokens = int(refs[0].shape[1])
         attrs = {"ratio": m.ratio, "attention": m.attention, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
                  "vision_blocks": len(graph.parts), "taps": taps,
-                 "references": "ref_k/ref_v/ref_attn/ref_mlp from the vision stage's refresh pass, [blocks, T, C]",
+                 "references": ref_inputs,  # from the vision stage's refresh pass, [blocks, T, C] each
                  "check": check, **custom_ops_attrs(os.path.join(job.out_dir, self.file))}
         return _stage_spec(job, self.name, self.file, exporter, attrs)

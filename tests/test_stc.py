@@ -200,7 +200,10 @@ def test_every_row_attends_with_attention_all(tiny_adapters, family):
         parts = a.vision_layer_parts(i, ctx)
         h, hc = ins0[i], ins1[i]
         T = h.shape[0]
-        out, ref = refresh_layer(parts, h)
+        out, ref = refresh_layer(parts, h, attention="all")
+        out_sel, ref_sel = refresh_layer(parts, h)
+        assert torch.equal(out, out_sel)  # the same block; only what the reference keeps differs
+        assert ref.attn is None and ref_sel.q is None and torch.equal(ref.q, parts.q(parts.norm1(h)))
         full_c, _ = refresh_layer(parts, hc)
         assert (selective_layer(parts, hc, ref, 1.0, attention="all")[0] - full_c).abs().max().item() == 0.0
         same, _ = selective_layer(parts, h, ref, 0.25, attention="all")
@@ -217,12 +220,16 @@ def test_every_row_attends_with_attention_all(tiny_adapters, family):
         want = (hd + ref_d.attn + ref.mlp)[others]
         torch.testing.assert_close(out_d[others], want, atol=1e-5, rtol=1e-5)
         # ... where the release keeps their stale attention output
-        released, _ = selective_layer(parts, hd, ref, 2.5 / T)
+        released, _ = selective_layer(parts, hd, ref_sel, 2.5 / T)
         win = _window_ids(a, i, ctx, T)
         affected = others[(win[others] == win[2]) | (win[others] == win[5])]
         assert bool(((released - out_d).abs().amax(dim=1)[affected] > 1e-4).all())
     with pytest.raises(ValueError, match="attention must be one of"):
         selective_layer(parts, hd, ref, 0.25, attention="some")
+    with pytest.raises(ValueError, match="holds no queries"):  # a reference of the other mode
+        selective_layer(parts, hd, ref_sel, 0.25, attention="all")
+    with pytest.raises(ValueError, match="holds no attention output"):
+        selective_layer(parts, hd, ref, 0.25)
 
 
 def _block_shape(a, h):

@@ -49,14 +49,27 @@ import torch
 from vlmedge.compression.stc.selection import key_similarity, select_from_similarity
 
 
+ATTENTION_MODES = ("selected", "all")
+
+
+def ref_names(attention: str) -> tuple[str, ...]:
+    """What a reference holds per block, as the exported graphs name it: the released cacher reuses the
+    attention output (`attn`); with `attention="all"` every row attends again, which needs the queries (`q`)
+    instead. Either way four `[T, C]` tensors per block."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    return ("k", "v", "attn" if attention == "selected" else "q", "mlp")
+
+
 @dataclass
 class LayerRef:
     """One layer's reference from its last refresh pass, each `[T, C]` in the tower's dtype."""
 
     k: torch.Tensor  # keys after projection (pre-rotary for Qwen towers), before the head split
     v: torch.Tensor  # values after projection
-    attn: torch.Tensor  # attention output after the output projection, before the residual
+    attn: torch.Tensor | None  # attention output after the output projection, before the residual ("selected")
     mlp: torch.Tensor  # MLP output before the residual
+    q: torch.Tensor | None = None  # queries after projection, pre-rotary like k (attention="all")
 
     @property
     def num_tokens(self) -> int:
@@ -64,25 +77,26 @@ class LayerRef:
 
 
 def refresh_layer(parts, h: torch.Tensor, x: torch.Tensor | None = None,
-                  k: torch.Tensor | None = None) -> tuple[torch.Tensor, LayerRef]:
-    """The full block on `h [T, C]`; returns its output and the layer's new reference.
+                  k: torch.Tensor | None = None, attention: str = "selected") -> tuple[torch.Tensor, LayerRef]:
+    """The full block on `h [T, C]`; returns its output and the layer's new reference (holding what a selective
+    pass of that `attention` mode reads: `ref_names`).
 
     `x = norm1(h)` and `k = parts.k(x)` may be passed when the caller already has them (the refresh gate).
     """
+    keep = ref_names(attention)
     if x is None:
         x = parts.norm1(h)
     if k is None:
         k = parts.k(x)
     v = parts.v(x)
+    q = parts.q(x)
     rows = torch.arange(h.shape[0], device=h.device)
-    a = parts.attend(rows, parts.q(x), k, v)
+    a = parts.attend(rows, q, k, v)
     h1 = h + a
     m = parts.mlp(parts.norm2(h1))
     # contiguous copies only where q/k/v are slices of a fused projection (keeps [T, 3C] from living on)
-    return h1 + m, LayerRef(k=k.contiguous(), v=v.contiguous(), attn=a, mlp=m)
-
-
-ATTENTION_MODES = ("selected", "all")
+    return h1 + m, LayerRef(k=k.contiguous(), v=v.contiguous(), attn=a if "attn" in keep else None, mlp=m,
+                            q=q.contiguous() if "q" in keep else None)
 
 
 def selective_layer(parts, h: torch.Tensor, ref: LayerRef, ratio: float, x: torch.Tensor | None = None,
@@ -103,16 +117,18 @@ def selective_from_indices(parts, h: torch.Tensor, ref: LayerRef, idx: torch.Ten
     """The selective pass with the recomputed rows `idx` given (for tests and for fixed-index replays).
 
     `attention="selected"` is the release: only the selected rows attend, the others take the cached A.
-    `attention="all"` (our extension) lets every row attend, with its current query, over the current keys and
-    the mixed values; only the MLP stays cached for the unselected rows. Why: with the release a token whose own
+    `attention="all"` (our extension) lets every row attend over the current keys and the mixed values, with
+    the reference's queries scattered with the selected rows' new ones (as the values are); only the MLP stays
+    cached for the unselected rows. Why: with the release a token whose own
     patch did not change is never selected (its block input, hence its key, equals the reference's at every
     layer) and replays the reference frame's attention output, including what it took in from an object that
     has since moved or left. On the reference LLaVA model (200 evaluation seeds) those ghosts cost the cacher
     alone 0.909 -> 0.883 overall and "how many" 1.00 -> 0.865; with every row attending it gives 0.908 and
-    0.995, and full STC at a third of the tokens 0.884 -> 0.906. The extra work per block is the query and
-    output projections of the unselected rows and their attention rows (about 3 T C^2 + 2 T^2 C of the
-    block's ~12 T C^2 + 2 T^2 C); the MLP, two thirds of a block, stays selective. Using the reference's
-    queries instead of current ones scored the same (0.908) but needs a fifth cached tensor per block.
+    0.995, and full STC at a third of the tokens 0.884 -> 0.906. The extra work per block is the unselected
+    rows' attention and output projection (about T C^2 + 2 T^2 C of a block's ~12 T C^2 + 2 T^2 C); measured
+    on SigLIP-base shapes (8 frames, one thread) the cacher alone took 0.80x of a full pass against 0.81x
+    released. Current queries for every row instead of the reference's scored the same (0.908) and cost a
+    query projection of every row more (0.89x). The reference holds q instead of the unused A: same size.
     """
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
@@ -124,11 +140,17 @@ def selective_from_indices(parts, h: torch.Tensor, ref: LayerRef, idx: torch.Ten
     v_mix = ref.v.clone()
     v_mix[idx] = parts.v(xs).to(v_mix.dtype)  # V_ref with the selected rows' new values scattered in
     if attention == "all":
+        if ref.q is None:
+            raise ValueError("this reference holds no queries: refresh with attention='all' first")
+        q_mix = ref.q.clone()
+        q_mix[idx] = parts.q(xs).to(q_mix.dtype)
         rows = torch.arange(h.shape[0], device=h.device)
-        h1 = h + parts.attend(rows, parts.q(x), k, v_mix)  # every query over all keys and the mixed values
+        h1 = h + parts.attend(rows, q_mix, k, v_mix)  # every query over all keys and the mixed values
         out = h1 + ref.mlp
         h1_sel = h1[idx]
     else:
+        if ref.attn is None:
+            raise ValueError("this reference holds no attention output: refresh with attention='selected' first")
         a_sel = parts.attend(idx, parts.q(xs), k, v_mix)  # selected queries over all keys and the mixed values
         out = (h + ref.attn) + ref.mlp  # rows that reuse the cache: h1 = h + A_ref, out = h1 + M_ref
         h1_sel = h[idx] + a_sel

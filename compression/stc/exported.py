@@ -11,7 +11,6 @@ import torch
 from vlmedge.compression.stc.cacher import LayerRef
 from vlmedge.compression.stc.state import STCStreamState, refresh_due
 from vlmedge.errors import InputError
-from vlmedge.export.stages import REF_NAMES
 from vlmedge.models.base import FrameTokens
 
 SELECT_STAGE = "vision_stc_select"  # export/stc.py registers the stage under this name
@@ -42,13 +41,14 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
     refresh = refresh_due(state, n_blocks, num_tokens, method.cache_interval)
     tap_names = [f"tap_{t}" for t in taps]
     pixels = backend.pixels(frame).numpy()
+    names = list(method.vision_refs)
     if refresh:
-        out = backend.run_stage("vision", {"pixels": pixels}, ["features", "trailer", *tap_names, *REF_NAMES])
-        packed = tuple(out[n] for n in REF_NAMES)
-        views = [torch.from_numpy(p) for p in packed]
-        new_refs = [LayerRef(k=views[0][i], v=views[1][i], attn=views[2][i], mlp=views[3][i]) for i in range(n_blocks)]
+        out = backend.run_stage("vision", {"pixels": pixels}, ["features", "trailer", *tap_names, *names])
+        packed = tuple(out[n] for n in names)
+        views = {n[len("ref_"):]: torch.from_numpy(p) for n, p in zip(names, packed)}
+        new_refs = [LayerRef(**{"attn": None, **{n: v[i] for n, v in views.items()}}) for i in range(n_blocks)]
     else:
-        out = backend.run_stage(SELECT_STAGE, {"pixels": pixels, **dict(zip(REF_NAMES, state.packed_refs))},
+        out = backend.run_stage(SELECT_STAGE, {"pixels": pixels, **dict(zip(names, state.packed_refs))},
                                 ["features", "trailer", *tap_names])
     tokens = FrameTokens(features=torch.from_numpy(out["features"]), grid_hw=tuple(vision["grid_hw"]),
                          trailer=torch.from_numpy(out["trailer"]))

@@ -34,7 +34,8 @@ import torch
 
 from vlmedge.compression.base import Compressor, FrameContext, Selection
 from vlmedge.compression.registry import register
-from vlmedge.compression.stc.cacher import ATTENTION_MODES, mean_key_similarity, refresh_layer, selective_layer
+from vlmedge.compression.stc.cacher import (ATTENTION_MODES, mean_key_similarity, ref_names, refresh_layer,
+                                           selective_layer)
 from vlmedge.compression.stc.pruner import MEMORY_MODES, SCORERS, prune_chunk
 from vlmedge.compression.stc.state import STCStreamState, refresh_due
 from vlmedge.errors import InputError
@@ -93,8 +94,9 @@ class STC(Compressor):
     export_modules: ClassVar[tuple[str, ...]] = ("vlmedge.export.stc",)
 
     @property
-    def vision_refs(self) -> bool:
-        return self.cacher
+    def vision_refs(self) -> tuple[str, ...]:
+        """Per-block internals the exported vision graph outputs for the cacher (none without it)."""
+        return tuple(f"ref_{n}" for n in ref_names(self.attention)) if self.cacher else ()
 
     @property
     def plain_vision(self) -> bool:  # without the cacher the vision pass is the adapter's own
@@ -138,7 +140,7 @@ class STC(Compressor):
             h = adapter.vision_tokens(hidden)
             x, k = pre if i == 0 else (None, None)
             if refresh:
-                out, ref = refresh_layer(parts, h, x=x, k=k)
+                out, ref = refresh_layer(parts, h, x=x, k=k, attention=self.attention)
                 new_refs.append(ref)
             else:
                 out, _ = selective_layer(parts, h, state.refs[i], self.ratio, x=x, k=k, attention=self.attention)
