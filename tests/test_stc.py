@@ -137,16 +137,20 @@ def block_inputs(a, frame):
     return ins, ctx, hidden
 
 
-@pytest.mark.parametrize("family", TOWERS)
-@torch.no_grad()
-def test_stv4_cacher_layer_properties(tiny_adapters, family):
-    a = tiny_adapters[family]
+def _block_pairs(a):
+    """Per vision block of `a`: (index, its parts, its context, its input on frame 0 and on another frame 1)."""
     f0, f1 = make_frames(2, seed=3)
     ins0, ctx, _ = block_inputs(a, f0)
     ins1, _, _ = block_inputs(a, f1)
     for i in range(len(a.vision_blocks())):
-        parts = a.vision_layer_parts(i, ctx)
-        h, hc = ins0[i], ins1[i]
+        yield i, a.vision_layer_parts(i, ctx), ctx, ins0[i], ins1[i]
+
+
+@pytest.mark.parametrize("family", TOWERS)
+@torch.no_grad()
+def test_stv4_cacher_layer_properties(tiny_adapters, family):
+    a = tiny_adapters[family]
+    for i, parts, ctx, h, hc in _block_pairs(a):
         T = h.shape[0]
         # (a) the refresh pass is the unpatched layer: exactly the block taken apart, and the HF block to 1e-5
         out, ref = refresh_layer(parts, h)
@@ -193,12 +197,7 @@ def test_stv4_cacher_layer_properties(tiny_adapters, family):
 def test_every_row_attends_with_attention_all(tiny_adapters, family):
     """Our extension: unselected rows attend too, so only their MLP output is the reference's (no ghosts)."""
     a = tiny_adapters[family]
-    f0, f1 = make_frames(2, seed=3)
-    ins0, ctx, _ = block_inputs(a, f0)
-    ins1, _, _ = block_inputs(a, f1)
-    for i in range(len(a.vision_blocks())):
-        parts = a.vision_layer_parts(i, ctx)
-        h, hc = ins0[i], ins1[i]
+    for i, parts, ctx, h, hc in _block_pairs(a):
         T = h.shape[0]
         out, ref = refresh_layer(parts, h, attention="all")
         out_sel, ref_sel = refresh_layer(parts, h)
