@@ -79,9 +79,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "omnizip":
                 rho = omnizip_rhos(k)
                 out.append(Variant(f"omnizip {tag}", "omnizip", f"omnizip:{rho},exact_budget=true", k))
-                # our extension (off by default): a share of each frame's video budget spread evenly
-                out.append(Variant(f"omnizip spread {tag}", "omnizip spread",
-                                   f"omnizip:{rho},exact_budget=true,spread=0.5", k))
+                # the release, without our default share of each frame's video budget spread evenly (`spread`)
+                out.append(Variant(f"omnizip released {tag}", "omnizip released",
+                                   f"omnizip:{rho},exact_budget=true,spread=0", k))
                 # the baselines keep exactly OmniZip's count in every window (budget=omnizip): only WHICH differ
                 out.append(Variant(f"omnizip random {tag}", "omnizip random",
                                    f"omnizip_random:{rho},exact_budget=true", k))

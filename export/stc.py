@@ -31,11 +31,14 @@ class STCSelectGraph(VisionGraph):
         self.attention = attention
         self.custom_ops = custom_ops
 
-    def forward(self, pixels, *refs):
+    def forward(self, pixels, ref_k, ref_v, ref_third, ref_mlp):
+        # ref_third is ref_attn (released attention="selected") or ref_q ("all"); the exporters want fixed
+        # positional inputs, not *refs
         a = self.adapter
         hidden = self.embed(pixels.to(a.dtype))
         got = {}
         names = ref_names(self.attention)  # the order the refs come in
+        refs = (ref_k, ref_v, ref_third, ref_mlp)
         for i, p in enumerate(self.parts):
             ref = LayerRef(**{"attn": None, **{n: r[i] for n, r in zip(names, refs)}})
             h = a.vision_tokens(hidden)

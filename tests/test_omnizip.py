@@ -304,7 +304,7 @@ def test_methods_are_registered_with_typed_settings():
         assert get_method(name).compress(tok, FrameContext(0, 0.0), None).keep.numel() == num_keep(24, 0.6)
     m = get_method("omnizip:exact_budget=yes,window=1.5")
     assert m.exact_budget is True and m.window == 1.5 and m.window_length(None) == 1.5
-    assert get_method("omnizip").spread == 0.0  # the release by default (method.py says why)
+    assert get_method("omnizip").spread == 0.25  # our extension by default (method.py says why); 0 = release
     for bad, msg in [("omnizip:rho_a=1.5", "rho_a"), ("omnizip:g=-1", "g "), ("omnizip:context_windows=-2", "context"),
                      ("omnizip:spread=1", r"spread .* must be in \[0, 1\)"),
                      ("omnizip_random:budget=half", "budget"), ("omnizip:window=0", "window")]:
@@ -330,7 +330,7 @@ def play(session, frames, audio_seed=0, fps=2, ask_at=None):
 
 def test_session_window_equals_the_clip_function_and_a_full_forward(tiny_adapters):
     a = tiny_adapters["qwen2_5_omni"]
-    spec = "omnizip:rho_a=0.4,rho_v=0.7,contextual_ratio=0.1,g=2"
+    spec = "omnizip:rho_a=0.4,rho_v=0.7,contextual_ratio=0.1,g=2,spread=0"  # the release: the clip function
     frames = make_frames(4, seed=3)
     s = StreamingSession(a, spec, keep_logits=True)
     play(s, frames)
