@@ -2,10 +2,12 @@
 
 STC-Cacher alternates two passes (compression/stc/cacher.py). The refresh pass is the plain `vision` graph
 with the blocks' internals as extra outputs (`ref_k`, `ref_v`, then `ref_q` or, for the released
-`attention="selected"`, `ref_attn`, then `ref_mlp`, `[blocks, T, C]`; the method's `vision_refs` names them). The selective pass is this graph: pixels plus those references in,
+`attention="selected"`, `ref_attn`, then `ref_mlp`, `[blocks, T, C]`; the method's `vision_refs` names them).
+The selective pass is this graph: pixels plus those references in,
 features/trailer/taps out, each block recomputing only its `n = num_dynamic(T, ratio)` least similar tokens
 (cosine of keys against the reference, ONNX TopK; indices sorted ascending) and reusing the cached MLP
-outputs elsewhere (and, with the released `attention="selected"`, the cached attention outputs too). The graph is stateless: the references live in the stream's state and go in as
+outputs elsewhere (and, with the released `attention="selected"`, the cached attention outputs too). The
+graph is stateless: the references live in the stream's state and go in as
 inputs, so one export serves any number of streams. `n` is fixed at export (it depends on T and the ratio
 only), which keeps every shape static, as TensorRT wants.
 """
@@ -40,7 +42,7 @@ class STCSelectGraph(VisionGraph):
         names = ref_names(self.attention)  # the order the refs come in
         refs = (ref_k, ref_v, ref_third, ref_mlp)
         for i, p in enumerate(self.parts):
-            ref = LayerRef(**{"attn": None, **{n: r[i] for n, r in zip(names, refs)}})
+            ref = LayerRef.from_named(names, [r[i] for r in refs])
             h = a.vision_tokens(hidden)
             if self.custom_ops:  # one vlmedge::StcSelect node instead of the cosine + TopK + sort decomposition
                 x = p.norm1(h)
@@ -93,7 +95,8 @@ class STCSelectStage(StageExporter):
         feeds = {"pixels": second.numpy(), **{n: r.numpy() for n, r in zip(ref_inputs, refs)}}
         check = check_graph(job, self.name, os.path.join(job.out_dir, self.file), feeds, list(ref_out), outs)
         tokens = int(refs[0].shape[1])
-        attrs = {"ratio": m.ratio, "attention": m.attention, "vision_tokens": tokens, "dynamic_tokens": num_dynamic(tokens, m.ratio),
+        attrs = {"ratio": m.ratio, "attention": m.attention, "vision_tokens": tokens,
+                 "dynamic_tokens": num_dynamic(tokens, m.ratio),
                  "vision_blocks": len(graph.parts), "taps": taps,
                  "references": ref_inputs,  # from the vision stage's refresh pass, [blocks, T, C] each
                  "check": check, **custom_ops_attrs(os.path.join(job.out_dir, self.file))}

@@ -84,8 +84,8 @@ def keep_indices(logits: torch.Tensor, threshold: float = 0.5, max_ratio: float 
 
 
 def add_spread(keep: torch.Tensor, n: int, spread: float) -> torch.Tensor:
-    """`keep` (ascending indices into an image of `n` tokens) plus `floor(spread * n + 0.5)` of the dropped tokens, evenly
-    spaced in raster order (all dropped ones if fewer are left); ascending long.
+    """`keep` (ascending indices into an image of `n` tokens) plus `floor(spread * n + 0.5)` of the dropped
+    tokens, evenly spaced in raster order (all dropped ones if fewer are left); ascending long.
 
     Our extension, not in the release: the VIP keeps the objects a question may be about and almost no background,
     and the reference model, trained on whole frames, then over-counts ("how many" 0.86 at 24 of 144 tokens
@@ -93,7 +93,7 @@ def add_spread(keep: torch.Tensor, n: int, spread: float) -> torch.Tensor:
     c = int(spread * n + 0.5)
     if c <= 0:
         return keep
-    left = torch.ones(n, dtype=torch.bool)
+    left = torch.ones(n, dtype=torch.bool, device=keep.device)
     left[keep] = False
     rest = left.nonzero().flatten()
     c = min(c, rest.numel())

@@ -75,6 +75,11 @@ class LayerRef:
     def num_tokens(self) -> int:
         return int(self.k.shape[0])
 
+    @classmethod
+    def from_named(cls, names, tensors) -> "LayerRef":
+        """From `ref_names(...)`-ordered tensors (the exported graphs' inputs/outputs, one block's slice each)."""
+        return cls(**{"attn": None, **dict(zip(names, tensors))})
+
 
 def refresh_layer(parts, h: torch.Tensor, x: torch.Tensor | None = None,
                   k: torch.Tensor | None = None, attention: str = "selected") -> tuple[torch.Tensor, LayerRef]:

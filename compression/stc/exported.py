@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vlmedge.compression.stc.cacher import LayerRef
+from vlmedge.compression.stc.cacher import LayerRef, ref_names
 from vlmedge.compression.stc.state import STCStreamState, refresh_due
 from vlmedge.errors import InputError
 from vlmedge.models.base import FrameTokens
@@ -45,8 +45,9 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
     if refresh:
         out = backend.run_stage("vision", {"pixels": pixels}, ["features", "trailer", *tap_names, *names])
         packed = tuple(out[n] for n in names)
-        views = {n[len("ref_"):]: torch.from_numpy(p) for n, p in zip(names, packed)}
-        new_refs = [LayerRef(**{"attn": None, **{n: v[i] for n, v in views.items()}}) for i in range(n_blocks)]
+        views = [torch.from_numpy(p) for p in packed]
+        short = ref_names(method.attention)
+        new_refs = [LayerRef.from_named(short, [v[i] for v in views]) for i in range(n_blocks)]
     else:
         out = backend.run_stage(SELECT_STAGE, {"pixels": pixels, **dict(zip(names, state.packed_refs))},
                                 ["features", "trailer", *tap_names])

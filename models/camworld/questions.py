@@ -142,7 +142,6 @@ def candidates(world: World) -> dict[str, list[Question]]:
     out: dict[str, list[Question]] = {q: [] for q in _ALL_QTYPES}
     ch = {q: choices(q, cfg) for q in _ALL_QTYPES}
     entries = world.entries()
-    sounds = world.sound_events()
     tied = {e.obj: e.sound for e in world.sound_events() if e.obj >= 0}
     objs = world.objects
 
@@ -210,11 +209,10 @@ def candidates(world: World) -> dict[str, list[Question]]:
             if e.obj in tied and seen_names.count(x.name()) == 1:
                 add("sound", "sound", tied[e.obj], f, t, _frame_at_or_before(e.start, cfg.fps), [e.obj],
                     colour=x.colour, shape=x.shape)
-        heard = sorted((e for e in sounds if e.end <= t), key=lambda e: e.start)
-        if heard and t - heard[-1].start <= HEARD_S:
+        last = world.last_sound(t)
+        if last is not None and t - last.start <= HEARD_S:
             # refs: the object the sound announces, if any (-1: none); the evidence is the sound itself
-            add("heard", "heard", heard[-1].sound, f, t, _frame_at_or_before(heard[-1].start, cfg.fps),
-                [heard[-1].obj])
+            add("heard", "heard", last.sound, f, t, _frame_at_or_before(last.start, cfg.fps), [last.obj])
     return out
 
 

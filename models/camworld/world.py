@@ -93,6 +93,11 @@ class World:
     def sound_events(self) -> list[Event]:
         return [e for e in self.events if e.kind == "sound"]
 
+    def last_sound(self, t: float) -> Event | None:
+        """The latest-starting sound that has ended by time t (what "what sound played last" asks about)."""
+        ended = [e for e in self.sound_events() if e.end <= t]
+        return max(ended, key=lambda e: e.start) if ended else None
+
     def entries(self) -> list[Event]:
         return [e for e in self.events if e.kind == "enter"]
 

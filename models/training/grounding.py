@@ -50,9 +50,8 @@ def evidence_tokens(ex, packed, grid_hw) -> list[Tensor]:
             out.append(_sound_tokens(packed, events))
             continue
         if qtype == "heard":  # the last sound that ended by the question's frame (camworld asks no other)
-            t = ex.stream.world.config.frame_time(ex.start + frame)
-            ended = sorted((e for e in ex.stream.world.sound_events() if e.end <= t), key=lambda e: e.start)
-            out.append(_sound_tokens(packed, ended[-1:]))
+            last = ex.stream.world.last_sound(ex.stream.world.config.frame_time(ex.start + frame))
+            out.append(_sound_tokens(packed, [last] if last is not None else []))
             continue
         ids = list(refs) if qtype in ("count", "exists") else list(refs[:1])
         idx = []
