@@ -59,7 +59,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             continue
         if m == "stc":
             out.append(Variant("stc cacher only", "stc cacher only", "stc:pruner=false", None))
-            # the released cacher (only recomputed tokens attend), so the extension's effect is in the table
+            # every row attending in every block, and the released cacher (only recomputed tokens attend), so
+            # what the default "tail" trades is in the table
+            out.append(Variant("stc cacher only all", "stc cacher only all", "stc:pruner=false,attention=all", None))
             out.append(Variant("stc cacher only released", "stc cacher only released",
                                "stc:pruner=false,attention=selected", None))
         for k in ratios:
@@ -70,6 +72,7 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "stc":
                 out.append(Variant(f"stc pruner only {tag}", "stc pruner only", f"stc:cacher=false,tokens={n}", k))
                 out.append(Variant(f"stc {tag}", "stc", f"stc:tokens={n}", k))
+                out.append(Variant(f"stc all {tag}", "stc all", f"stc:tokens={n},attention=all", k))
                 # the release: no evenly spaced context tokens, only the recomputed tokens attend in the cacher
                 out.append(Variant(f"stc released {tag}", "stc released",
                                    f"stc:tokens={n},context=0,attention=selected", k))

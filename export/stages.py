@@ -396,9 +396,10 @@ class VisionGraph(nn.Module):
     With `refs` (names from REF_NAMES), also those internals of every block as STC's cacher keeps them
     (compression/stc/cacher.py `LayerRef`), stacked over blocks in the tower's dtype, each `[blocks, T, C]`:
     `ref_k`, `ref_v`, `ref_q` (projected keys/values/queries), `ref_attn` (attention output after its
-    projection), `ref_mlp` (MLP output)."""
+    projection), `ref_mlp` (MLP output), `ref_attn_q` (`ref_attn` in blocks whose `block_modes` entry is
+    "selected", `ref_q` where it is "all": the cacher's "tail" setting)."""
 
-    def __init__(self, adapter, taps=(), refs=()):
+    def __init__(self, adapter, taps=(), refs=(), block_modes=None):
         super().__init__()
         self.adapter = adapter
         self.model = adapter.model  # registers the weights
@@ -414,6 +415,9 @@ class VisionGraph(nn.Module):
         if unknown:
             raise ValueError(f"unknown block internals {unknown}; choose from {REF_NAMES}")
         self.refs = list(refs)
+        if "ref_attn_q" in self.refs and (block_modes is None or len(block_modes) != n):
+            raise ValueError(f"ref_attn_q needs each of the {n} blocks' mode (block_modes)")
+        self.block_modes = list(block_modes) if block_modes is not None else None
         maker = _VISION_EMBED.get(adapter.family)
         self.embed = maker(adapter, self.ctx) if maker else (lambda px: adapter.vision_embed(px)[0])
 
@@ -433,6 +437,8 @@ class VisionGraph(nn.Module):
             hidden = a.vision_hidden(h1 + mlp, hidden)
             if self.refs:
                 have = {"ref_k": k, "ref_v": v, "ref_q": q, "ref_attn": attn, "ref_mlp": mlp}
+                if "ref_attn_q" in self.refs:
+                    have["ref_attn_q"] = attn if self.block_modes[i] == "selected" else q
                 kept.append([have[n] for n in self.refs])
             if i in self.tap_blocks:
                 got[i] = a.tap_to_raster(hidden, self.ctx)
@@ -441,7 +447,7 @@ class VisionGraph(nn.Module):
         return (out.features.float(), out.trailer.float(), *[got[b].float() for b in self.tap_blocks], *refs)
 
 
-REF_NAMES = ["ref_k", "ref_v", "ref_q", "ref_attn", "ref_mlp"]  # per-block internals, see VisionGraph
+REF_NAMES = ["ref_k", "ref_v", "ref_q", "ref_attn", "ref_attn_q", "ref_mlp"]  # per-block internals, see VisionGraph
 
 
 @register_stage
@@ -454,7 +460,8 @@ class VisionStage(StageExporter):
         a = job.adapter
         taps = list(getattr(job.method, "taps", ()) or ())
         refs = list(getattr(job.method, "vision_refs", ()) or ())
-        graph = VisionGraph(a, taps, refs).eval()
+        modes = job.method.block_modes(len(a.vision_blocks())) if hasattr(job.method, "block_modes") else None
+        graph = VisionGraph(a, taps, refs, block_modes=modes).eval()
         h, w = a.frame_size
         pixels = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
         tap_names = [f"tap_{t}" for t in taps]

@@ -20,6 +20,8 @@ def test_plan_matches_token_counts_across_methods():
     assert specs["stc cacher only"] == "stc:pruner=false" and specs["uniform 33%"] == "uniform:ratio=0.327"
     assert specs["stc released 33%"] == "stc:tokens=64,context=0,attention=selected"
     assert specs["stc cacher only released"] == "stc:pruner=false,attention=selected"
+    assert specs["stc cacher only all"] == "stc:pruner=false,attention=all"
+    assert specs["stc all 33%"] == "stc:tokens=64,attention=all"
     assert specs["script dpp-only 33%"] == "script:ratio=0.327,gsp_ratio=0"
     assert skipped["omnizip"].startswith("needs an audio")
     assert "glimpse" in skipped or "glimpse ≤33%" in specs

@@ -130,6 +130,11 @@ def test_stc_cacher_and_pruner_match_torch_frame_by_frame(exported):
     n_tokens = spec.attrs["vision_tokens"]
     assert spec.attrs["dynamic_tokens"] == max(1, int(n_tokens * 0.25)) and spec.attrs["check"]["max_rel_err"] < 1e-4
     assert spec.input("ref_k").shape[:2] == [spec.attrs["vision_blocks"], n_tokens]
+    # the default "tail": the selected-rows pass in the first blocks, every row in the last, one stacked
+    # ref_attn_q slot holding each block's attention output or queries
+    assert spec.attrs["block_modes"] == stc.block_modes(spec.attrs["vision_blocks"])
+    assert set(spec.attrs["block_modes"]) == {"selected", "all"}
+    assert spec.attrs["references"] == ["ref_k", "ref_v", "ref_attn_q", "ref_mlp"]
 
 
 def test_stc_settings_the_export_cannot_serve_are_refused(exported):
@@ -137,9 +142,10 @@ def test_stc_settings_the_export_cannot_serve_are_refused(exported):
     session = StreamingSession(backend, "stc:ratio=0.5")
     with pytest.raises(InputError, match="stc:ratio=0.25"):
         session.push_frame(make_frames(1)[0], time_s=0.0)
-    session = StreamingSession(backend, "stc:attention=selected")
-    with pytest.raises(InputError, match="stc:attention=all"):
-        session.push_frame(make_frames(1)[0], time_s=0.0)
+    for spec in ("stc:attention=selected", "stc:attention=all", "stc:tail=1"):
+        session = StreamingSession(backend, spec)
+        with pytest.raises(InputError, match="stc:attention=tail,tail=0.25"):
+            session.push_frame(make_frames(1)[0], time_s=0.0)
     session = StreamingSession(backend, "stc:cacher=false,tokens=4")  # the pruner alone needs no extra graph
     assert session.push_frame(make_frames(1)[0], time_s=0.0).tokens_kept == 4
 

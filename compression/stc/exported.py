@@ -31,13 +31,17 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
         raise InputError(f"this export's selective pass recomputes ratio {select['ratio']} of the tokens; run with "
                          f"stc:ratio={select['ratio']} or re-export with the ratio you want")
     exported_attention = select.get("attention", "selected")  # exports made before the setting: the release
-    if exported_attention != method.attention:
-        raise InputError(f"this export's selective pass was built with stc:attention={exported_attention}; run with "
-                         f"that setting or re-export with attention={method.attention}")
+    n_blocks = int(select["vision_blocks"])
+    modes = method.block_modes(n_blocks)
+    if exported_attention != method.attention or select.get("block_modes", modes) != modes:
+        shown = exported_attention + (f",tail={select['tail']}" if exported_attention == "tail" else "")
+        wanted = method.attention + (f",tail={method.tail}" if method.attention == "tail" else "")
+        raise InputError(f"this export's selective pass was built with stc:attention={shown}; run with "
+                         f"that setting or re-export with attention={wanted}")
     missing = [t for t in taps if t not in select["taps"]]
     if missing:
         raise InputError(f"vision taps {missing} were not exported (this export has {select['taps'] or 'none'})")
-    n_blocks, num_tokens = int(select["vision_blocks"]), int(select["vision_tokens"])
+    num_tokens = int(select["vision_tokens"])
     refresh = refresh_due(state, n_blocks, num_tokens, method.cache_interval)
     tap_names = [f"tap_{t}" for t in taps]
     pixels = backend.pixels(frame).numpy()
@@ -47,7 +51,7 @@ def encode_exported(method, backend, frame, state: STCStreamState, taps):
         packed = tuple(out[n] for n in names)
         views = [torch.from_numpy(p) for p in packed]
         short = ref_names(method.attention)
-        new_refs = [LayerRef.from_named(short, [v[i] for v in views]) for i in range(n_blocks)]
+        new_refs = [LayerRef.from_named(short, [v[i] for v in views], modes[i]) for i in range(n_blocks)]
     else:
         out = backend.run_stage(SELECT_STAGE, {"pixels": pixels, **dict(zip(names, state.packed_refs))},
                                 ["features", "trailer", *tap_names])

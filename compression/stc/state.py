@@ -40,6 +40,12 @@ class STCStreamState:
         self.last_gate_similarity = None
         self.memory.reset()
 
+    def drop_references(self) -> None:
+        """Forgets the cacher's references only (the next frame refreshes); counters and memory stay."""
+        self.refs = []
+        self.packed_refs = None
+        self.num_tokens = None
+
     def has_references(self, num_blocks: int, num_tokens: int) -> bool:
         return (self.num_tokens == num_tokens and len(self.refs) == num_blocks
                 and all(r is not None and r.num_tokens == num_tokens for r in self.refs))
