@@ -12,7 +12,8 @@ the stream's state (`STCStreamState`).
   (`selection.py`), and recomputes queries, values, attention and MLP only at those rows: values elsewhere are
   the reference's, attention runs for the selected queries over all (new) keys and the mixed values, the
   other rows take the cached A and M (released; `attention="all"`, our extension, lets every row attend and
-  caches only M, see `selective_from_indices`). Residuals always come from the current frame's `h`.
+  caches only M, see `selective_from_indices`; the method's default "tail" does that in the last blocks only,
+  see `block_attention`). Residuals always come from the current frame's `h`.
   References are not changed.
 
 How the selective pass is computed (bit-for-bit the spec's `h1 = h + A_full; out = h1 + M_full`, without
