@@ -46,8 +46,8 @@ class STCSelectGraph(VisionGraph):
         names = ref_names(self.attention)  # the order the refs come in
         refs = (ref_k, ref_v, ref_third, ref_mlp)
         for i, p in enumerate(self.parts):
-            ref = LayerRef.from_named(names, [r[i] for r in refs], self.modes[i])
             mode = self.modes[i]
+            ref = LayerRef.from_named(names, [r[i] for r in refs], mode)
             h = a.vision_tokens(hidden)
             if self.custom_ops:  # one vlmedge::StcSelect node instead of the cosine + TopK + sort decomposition
                 x = p.norm1(h)

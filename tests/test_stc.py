@@ -281,11 +281,14 @@ def test_a_refresh_overwrites_the_references_in_place_and_a_failed_frame_drops_t
     frames = make_frames(4, seed=9)
     st = m.new_state()
     m.encode_frame(a, frames[0], st)
-    buffers = [[t.data_ptr() for t in (r.k, r.v, r.attn if r.attn is not None else r.q, r.mlp)] for r in st.refs]
+    def buffers(refs):
+        return [[t.data_ptr() for t in (r.k, r.v, r.attn if r.attn is not None else r.q, r.mlp)] for r in refs]
+
+    first = buffers(st.refs)
     m.encode_frame(a, frames[1], st)
     out = m.encode_frame(a, frames[2], st)
     assert st.last_refresh and st.refreshes == 2
-    assert [[t.data_ptr() for t in (r.k, r.v, r.attn if r.attn is not None else r.q, r.mlp)] for r in st.refs] == buffers
+    assert buffers(st.refs) == first
     fresh = m.new_state()  # new buffers: the same numbers
     assert torch.equal(out.features, m.encode_frame(a, frames[2], fresh).features)
     for r, w in zip(st.refs, fresh.refs):
@@ -293,8 +296,8 @@ def test_a_refresh_overwrites_the_references_in_place_and_a_failed_frame_drops_t
             x, y = getattr(r, name), getattr(w, name)
             assert (x is None and y is None) or torch.equal(x, y), name
     # a reference of another shape is not reused
-    parts, h = a.vision_layer_parts(0, a.vision_embed(a.pixels(frames[0]))[1]), torch.randn(5, a.vision_tokens(
-        a.vision_embed(a.pixels(frames[0]))[0]).shape[1])
+    hidden, ctx = a.vision_embed(a.pixels(frames[0]))
+    parts, h = a.vision_layer_parts(0, ctx), torch.randn(5, a.vision_tokens(hidden).shape[1])
     _, ref = refresh_layer(parts, h, attention=m.block_modes(len(st.refs))[0], into=st.refs[0])
     assert ref is not st.refs[0] and ref.num_tokens == 5
     # a refresh frame that fails half way leaves references of two frames: they are dropped, the next refreshes
