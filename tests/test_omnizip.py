@@ -125,6 +125,35 @@ def test_istc_vectorised_matches_a_loop_reference():
     assert all(k.numel() == int(12 * (1.0 - ratio)) for k in got)
 
 
+def test_istc_odd_frames_dpc_runs_dpc_knn_on_every_frame():
+    g = torch.Generator().manual_seed(5)
+    frames = torch.randn(4, 12, 6, generator=g, dtype=torch.float64).float()
+    n = num_keep(12, 0.6)
+    got = istc(frames, 0.6, odd_frames="dpc")
+    assert [k.tolist() for k in got] == [_dpc_reference(f.double(), n) for f in frames]
+    assert istc(frames, 0.6, odd_frames="temporal")[1].tolist() != got[1].tolist()  # the release differs
+    with pytest.raises(ValueError, match="odd_frames must be one of temporal, dpc"):
+        istc(frames, 0.6, odd_frames="merge")
+
+
+def test_odd_frames_dpc_keeps_a_still_object_in_the_newest_frame():
+    """Why "dpc" is the session's default: a scene standing still between two frames. The release prunes the odd
+    frame by change, so it keeps sensor noise and drops the object; DPC-KNN keeps the object's distinct tokens."""
+    g = torch.Generator().manual_seed(0)
+    background = torch.tensor([1.0, 0.0, 0.0, 0.0]) + 0.05 * torch.randn(16, 4, generator=g)
+    scene = background.clone()
+    obj = [5, 6, 9, 10]
+    scene[obj] = torch.tensor([0.0, 0.0, 1.0, 0.3])  # a 2x2 object, distinct from the background
+    noise = 0.02 * torch.randn(16, 4, generator=g)
+    noise[obj] = 0.0  # the object is rendered the same; sensor noise moves the flat background
+    frames = torch.stack([scene, scene + noise])
+    n = num_keep(16, 0.75)  # 4 tokens a frame
+    released = istc(frames, 0.75)[1].tolist()
+    ours = istc(frames, 0.75, odd_frames="dpc")[1].tolist()
+    assert not set(obj) & set(released)  # the object did not change, so the release dropped it
+    assert set(obj) & set(ours) and len(ours) == n
+
+
 # ----------------------------------------------------------------------------- O-TV6: audio saliency
 def otv6():
     h, t = 2, 5
@@ -304,9 +333,11 @@ def test_methods_are_registered_with_typed_settings():
         assert get_method(name).compress(tok, FrameContext(0, 0.0), None).keep.numel() == num_keep(24, 0.6)
     m = get_method("omnizip:exact_budget=yes,window=1.5")
     assert m.exact_budget is True and m.window == 1.5 and m.window_length(None) == 1.5
-    assert get_method("omnizip").spread == 0.25  # our extension by default (method.py says why); 0 = release
+    default = get_method("omnizip")
+    assert default.spread == 0.0 and default.odd_frames == "dpc"  # our extension by default (method.py says why)
     for bad, msg in [("omnizip:rho_a=1.5", "rho_a"), ("omnizip:g=-1", "g "), ("omnizip:context_windows=-2", "context"),
                      ("omnizip:spread=1", r"spread .* must be in \[0, 1\)"),
+                     ("omnizip:odd_frames=merge", "odd_frames must be one of temporal, dpc"),
                      ("omnizip_random:budget=half", "budget"), ("omnizip:window=0", "window")]:
         with pytest.raises(InputError, match=msg):
             get_method(bad)
@@ -328,9 +359,10 @@ def play(session, frames, audio_seed=0, fps=2, ask_at=None):
             session.ask("what sound ?", max_new_tokens=1)
 
 
-def test_session_window_equals_the_clip_function_and_a_full_forward(tiny_adapters):
+@pytest.mark.parametrize("odd", ["temporal", "dpc"])  # the release, and our default
+def test_session_window_equals_the_clip_function_and_a_full_forward(tiny_adapters, odd):
     a = tiny_adapters["qwen2_5_omni"]
-    spec = "omnizip:rho_a=0.4,rho_v=0.7,contextual_ratio=0.1,g=2,spread=0"  # the release: the clip function
+    spec = f"omnizip:rho_a=0.4,rho_v=0.7,contextual_ratio=0.1,g=2,spread=0,odd_frames={odd}"
     frames = make_frames(4, seed=3)
     s = StreamingSession(a, spec, keep_logits=True)
     play(s, frames)
@@ -345,7 +377,7 @@ def test_session_window_equals_the_clip_function_and_a_full_forward(tiny_adapter
     video = torch.stack([t.features for t in toks])
     audio = torch.cat([x.features for x in auds])
     res = omnizip_clip([video], [audio], clip_saliency([x.q for x in auds], [x.k for x in auds]),
-                       rho_a=0.4, rho_v=0.7, contextual_ratio=0.1, g=2)
+                       rho_a=0.4, rho_v=0.7, contextual_ratio=0.1, g=2, odd_frames=odd)
     assert [st.tokens_kept for st in s.frame_stats] == [k.numel() for k in res.video_keep[0]]
     assert ws.audio_kept == int(res.audio_keep.sum()) and ws.video_kept == sum(k.numel() for k in res.video_keep[0])
 

@@ -114,11 +114,13 @@ def plan_clip(video: Sequence[torch.Tensor | None], audio: Sequence[torch.Tensor
 
 def omnizip_clip(video: Sequence[torch.Tensor | None], audio: Sequence[torch.Tensor | None],
                  scores: torch.Tensor | None, rho_a: float, rho_v: float, contextual_ratio: float = 0.05, g: int = 3,
-                 exact_budget: bool = False) -> ClipResult:
-    """The whole method on one clip: what every window keeps of its frames and audio, and the merged audio."""
+                 exact_budget: bool = False, odd_frames: str = "temporal") -> ClipResult:
+    """The whole method on one clip: what every window keeps of its frames and audio, and the merged audio.
+    `odd_frames="dpc"`: DPC-KNN on every frame (our extension, `istc.istc_counts`)."""
     plan = plan_clip(video, audio, scores, rho_a, rho_v, contextual_ratio, g, exact_budget)
     video = [check_batch(v, "a window's video [F, P, D]", 3) for v in video]
-    keeps = [istc(v, plan.ratios[i]) if plan.ratios[i] is not None else [] for i, v in enumerate(video)]
+    keeps = [istc(v, plan.ratios[i], odd_frames=odd_frames) if plan.ratios[i] is not None else []
+             for i, v in enumerate(video)]
     a_all = [check_batch(a, "a window's audio [N_a, D]", 2) for a in audio]
     a_all = [a for a in a_all if a is not None and a.shape[0]]
     merged = merge_anchors(torch.cat(a_all), plan.audio) if a_all else None

@@ -8,6 +8,7 @@
 - odd frames: keep the `num_keep` tokens least similar (cosine, same position) to the ORIGINAL previous frame
   of the window; nothing is averaged (the paper's "temporal merging" is pruning in the code).
 A frame whose grid differs from its predecessor's (a resolution change) is treated as an even frame.
+`odd_frames="dpc"` (our extension; the session's default, `method.py` says why) runs DPC-KNN on every frame.
 Frames are processed in batches (all even frames at once, all odd frames at once): vectorised torch.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from vlmedge.compression.spread import top_with_context
 
 DPC_K = 5
+ODD_FRAMES = ("temporal", "dpc")  # the release; ours: every frame a DPC-KNN keyframe
 
 
 def num_keep(p: int, ratio: float) -> int:
@@ -70,15 +72,18 @@ def temporal_keep(frames: torch.Tensor, prev: torch.Tensor, n: int, context: flo
 
 
 def istc_counts(frames: Sequence[torch.Tensor], counts: Sequence[int], k: int = DPC_K,
-                context: float = 0.0) -> list[torch.Tensor]:
+                context: float = 0.0, odd_frames: str = "temporal") -> list[torch.Tensor]:
     """ISTC with an explicit keep count per frame; `frames` are `[P_t, D]` in window order. Returns each frame's
     kept indices (ascending, long). `context` > 0 (our extension; 0 is the release) spreads that share of each
-    frame's count evenly over the positions the score left out, as STC's pruner does."""
+    frame's count evenly over the positions the score left out, as STC's pruner does. `odd_frames`: "temporal"
+    (the release) or "dpc" (every frame by DPC-KNN)."""
+    if odd_frames not in ODD_FRAMES:
+        raise ValueError(f"odd_frames must be one of {', '.join(ODD_FRAMES)}, got {odd_frames!r}")
     frames = list(frames)
     out: list[torch.Tensor | None] = [None] * len(frames)
     groups: dict[tuple, list[int]] = {}  # (even?, P, n) → frame indices batched together
     for t, f in enumerate(frames):
-        odd = t % 2 == 1 and frames[t - 1].shape == f.shape
+        odd = odd_frames == "temporal" and t % 2 == 1 and frames[t - 1].shape == f.shape
         groups.setdefault((odd, f.shape[0], int(counts[t])), []).append(t)
     for (odd, _, n), ts in groups.items():
         cur = torch.stack([frames[t] for t in ts])
@@ -90,10 +95,10 @@ def istc_counts(frames: Sequence[torch.Tensor], counts: Sequence[int], k: int = 
 
 
 def istc(frames: Sequence[torch.Tensor] | torch.Tensor, ratio: float, k: int = DPC_K,
-         context: float = 0.0) -> list[torch.Tensor]:
+         context: float = 0.0, odd_frames: str = "temporal") -> list[torch.Tensor]:
     """ISTC of one window at discard ratio `ratio`: every frame keeps `int(P·(1 − ratio))` tokens."""
     frames = list(frames)
-    return istc_counts(frames, [num_keep(f.shape[0], ratio) for f in frames], k, context)
+    return istc_counts(frames, [num_keep(f.shape[0], ratio) for f in frames], k, context, odd_frames)
 
 
 def istc_mask(video: torch.Tensor, tokens_per_frame: int, ratio: float) -> torch.Tensor:

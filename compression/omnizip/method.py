@@ -11,13 +11,20 @@ Settings (`omnizip:rho_a=0.3,rho_v=0.6,...`; ρa and ρv are DISCARD ratios, as 
   (`stream.py`; 0 = the literal per-window form, which loses the audio guidance — see there);
 - `window` (None = the model's audio/video interleaving window, `seconds_per_chunk`, 2 s for Qwen2.5-Omni):
   seconds per window.
-- `spread` (0.25; 0 is the release): our extension — the share of each frame's kept video tokens spread evenly
-  over what ISTC's score left out, as STC's `context` (ISTC keeps density peaks and changed tokens: distinct ones,
-  the set that made the reference models over-count under STC). Chosen on evaluation seeds 1,000,200–1,000,399 of
-  the 170-minute Omni reference model (exact budget): 45% (ρa/ρv 0.3/0.6) 0.883 / 0.888 / 0.890 and 35% (0.4/0.7)
-  0.869 / 0.876 / 0.831 for spread 0 / 0.25 / 0.5 — half the budget is too much where each frame keeps few tokens,
-  a quarter helps at both. On the reported seeds 1,000,000–1,000,199: 45% 0.859 → 0.877, 35% 0.843 → 0.860. Also
-  applies to `omnizip_videoonly`, so that baseline differs from OmniZip only by the audio guidance.
+- `odd_frames` ("dpc"; "temporal" is the release): how ISTC prunes a window's odd frames. The release keeps the
+  tokens that changed most from the previous frame; "dpc" (our extension) runs DPC-KNN on every frame. Why: in
+  a stream the question is about now, and the newest frame is odd half the time; under "temporal" it shows only
+  what changed, so an object standing still is missing from it and the model answers as if it had left. On
+  evaluation seeds 1,000,200–1,000,399 of the Omni reference model, 45% (ρa/ρv 0.3/0.6, exact budget, spread 0):
+  0.883 → 0.905 (none 0.923): count 0.955 → 0.980, exists 0.825 → 0.865, where 0.935 → 0.960, appeared equal
+  (0.936); 35% (0.4/0.7): 0.869 → 0.899. Questions asked right after an odd frame were a third of the losses.
+  Also tried there, not taken: DPC-KNN on the newest frame and the older one pruned against it (0.892: "which
+  object appeared" falls to 0.854), and odd frames preferring positions the previous frame dropped (0.891).
+- `spread` (0 = the release): our extension — the share of each frame's kept video tokens spread evenly over what
+  ISTC's score left out, as STC's `context`. It was the default (0.25) while odd frames were temporal (45%
+  0.883 → 0.888, 35% 0.869 → 0.876 on the seeds above); with "dpc" it no longer helps (45% 0.905 / 0.903, 35%
+  0.899 / 0.895 for spread 0 / 0.25), so the release's 0 is back. Also applies to `omnizip_videoonly`, as does
+  `odd_frames`, so that baseline differs from OmniZip only by the audio guidance.
 
 Baselines (same settings, so `--method omnizip_random:rho_a=0.3,rho_v=0.6` is the matched comparison):
 - `omnizip_random` (`seed`, `budget`): uniformly random audio and video tokens. `budget=omnizip` (default) keeps
@@ -42,7 +49,7 @@ import torch
 from vlmedge.compression.base import Compressor, FrameContext, Selection, WindowSelection
 from vlmedge.compression.omnizip.audio import num_contextual, num_dominant
 from vlmedge.compression.omnizip.clip import check_batch
-from vlmedge.compression.omnizip.istc import istc, istc_counts, num_keep
+from vlmedge.compression.omnizip.istc import ODD_FRAMES, istc, istc_counts, num_keep
 from vlmedge.compression.omnizip.stream import (AudioPiece, OmniZipStreamState, record_window, sliding_plan,
                                                 stream_window)
 from vlmedge.compression.registry import register
@@ -70,7 +77,8 @@ class OmniZip(Compressor):
     exact_budget: bool = False
     context_windows: int = 4
     window: float | None = None
-    spread: float = 0.25
+    spread: float = 0.0
+    odd_frames: str = "dpc"
 
     def __post_init__(self):
         def check(ok: bool, msg: str):
@@ -90,6 +98,9 @@ class OmniZip(Compressor):
               f"context_windows must be an integer >= 0, got {self.context_windows!r}")
         check(_is_num(self.spread) and 0.0 <= self.spread < 1.0,
               f"spread (share of each frame's kept video tokens spread evenly) must be in [0, 1), got {self.spread!r}")
+        check(self.odd_frames in ODD_FRAMES,
+              f"odd_frames must be one of {', '.join(ODD_FRAMES)} (dpc: DPC-KNN on every frame; temporal: the "
+              f"release's change against the previous frame), got {self.odd_frames!r}")
         check(self.window is None or (_is_num(self.window) and self.window > 0),
               f"window must be a positive number of seconds (or none for the model's), got {self.window!r}")
 
@@ -124,7 +135,7 @@ class OmniZip(Compressor):
         _need_state(state)
         video, pieces = self._inputs(frames, audio)
         res = stream_window(state, video, pieces, context=self.context_windows, spread=self.spread,
-                            **self._settings())
+                            odd_frames=self.odd_frames, **self._settings())
         keep = torch.nonzero(res.audio_keep).flatten()
         feats = res.audio_features[keep] if res.audio_features is not None else None
         return WindowSelection(frames=[Selection(keep=k.cpu()) for k in res.video_keep],
@@ -218,7 +229,8 @@ class OmniZipVideoOnly(OmniZip):
             counts = [num_keep(video.shape[1], self.rho_v)] * video.shape[0]
             info = dict(ratio=self.rho_v)
             record_window(state, video, pieces, 0)
-        keeps = istc_counts(list(video), counts, context=self.spread) if video is not None else []
+        keeps = (istc_counts(list(video), counts, context=self.spread, odd_frames=self.odd_frames)
+                 if video is not None else [])
         p = 0 if video is None else video.shape[1]
         info.update(video_in=p * len(counts), video_kept=sum(counts), audio_in=n_a, audio_kept=n_a)
         state.last = info

@@ -113,15 +113,15 @@ def sliding_plan(state: OmniZipStreamState, video: torch.Tensor | None, audio: S
 
 def stream_window(state: OmniZipStreamState, video: torch.Tensor | None, audio: Sequence[AudioPiece], rho_a: float,
                   rho_v: float, contextual_ratio: float = 0.05, g: int = 3, exact_budget: bool = False,
-                  context: int = 0, spread: float = 0.0) -> WindowResult:
+                  context: int = 0, spread: float = 0.0, odd_frames: str = "temporal") -> WindowResult:
     """Compresses the newest window (`video [F, P, D]` or None, its audio pieces in order) and records it as
     context for the next windows (at most `context` kept). `spread`: ISTC's share of each frame's kept tokens
-    spread evenly (`istc.istc_counts`; 0 is the release)."""
+    spread evenly; `odd_frames`: "temporal" or "dpc" (`istc.istc_counts`; 0 and "temporal" are the release)."""
     video = check_batch(video, "a window's video [F, P, D]", 3)
     plan, wa = sliding_plan(state, video, audio, rho_a, rho_v, contextual_ratio, g, exact_budget)
     last = len(wa) - 1
     ratio = plan.ratios[last]
-    keeps = istc(video, ratio, context=spread) if ratio is not None else []
+    keeps = istc(video, ratio, context=spread, odd_frames=odd_frames) if ratio is not None else []
     sl = plan.window_audio(last)
     merged = None
     if wa[last] is not None:
