@@ -79,6 +79,9 @@ def variants(methods, ratios, tokens_per_frame: int, has_audio: bool,
             elif m == "script":
                 out.append(Variant(f"script {tag}", "script", f"script:ratio={k}", k))
                 out.append(Variant(f"script dpp-only {tag}", "script dpp-only", f"script:ratio={k},gsp_ratio=0", k))
+                # the spec's kernel diag(r) S diag(r) with the mean-embedding relevance, beside our defaults
+                out.append(Variant(f"script spec kernel {tag}", "script spec kernel",
+                                   f"script:ratio={k},theta=none,relevance_source=llm_embed", k))
             elif m == "omnizip":
                 rho = omnizip_rhos(k)
                 out.append(Variant(f"omnizip {tag}", "omnizip", f"omnizip:{rho},exact_budget=true", k))

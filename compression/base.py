@@ -38,7 +38,7 @@ class FrameContext:
 
     frame_index: int
     time_s: float
-    query: torch.Tensor | None = None  # [D] query embedding, for query-conditioned methods
+    query: torch.Tensor | None = None  # [M, D] the question's LLM input embeddings, for query-conditioned methods
 
 
 @dataclass

@@ -45,11 +45,11 @@ class RequeryStream:
     """The bounded buffer of recent frames and their re-selection for a question (state lives on the session)."""
 
     def _query_embedding(self, text: str) -> torch.Tensor | None:
-        """The mean LLM input embedding of the text's own tokens (no template), what `FrameContext.query` holds."""
+        """The LLM input embeddings `[M, D]` of the text's own tokens (no template): `FrameContext.query`."""
         ids = self.adapter.tokenize(text)
         if ids.numel() == 0:
             return None
-        return self.adapter.embed_text(ids).float().mean(0)
+        return self.adapter.embed_text(ids).float()
 
     def _record(self, seg: _Segment) -> None:
         """Keeps the appends a question may redo: those since the oldest of the last `requery_frames` frames."""

@@ -23,6 +23,7 @@ def test_plan_matches_token_counts_across_methods():
     assert specs["stc cacher only all"] == "stc:pruner=false,attention=all"
     assert specs["stc all 33%"] == "stc:tokens=64,attention=all"
     assert specs["script dpp-only 33%"] == "script:ratio=0.327,gsp_ratio=0"
+    assert specs["script spec kernel 33%"] == "script:ratio=0.327,theta=none,relevance_source=llm_embed"
     assert skipped["omnizip"].startswith("needs an audio")
     assert "glimpse" in skipped or "glimpse ≤33%" in specs
     plan, _ = variants(["glimpse"], [0.111], 144, False, glimpse_weights="W")

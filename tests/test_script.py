@@ -7,6 +7,7 @@ from vlmedge.compression import FrameContext, get_method
 from vlmedge.compression.script import (cdpruner_relevance, fast_greedy_map, gsp_prune, gsp_redundancy,
                                         head_relevance, head_structural_score, naive_head_dpp, relevance_clip,
                                         relevance_llm_embed, script_select, similarity)
+from vlmedge.compression.script.relevance import quality
 from vlmedge.errors import InputError
 from vlmedge.models.base import FrameTokens
 
@@ -179,6 +180,33 @@ def test_fp32_and_fp64_agree():
     assert a.tolist() == b.tolist()
 
 
+def test_relevance_max_follows_the_best_matching_question_token():
+    """`llm_embed_max`: a token matching one question word is the most relevant even when the other words pull the
+    mean elsewhere; `llm_embed` (mean) ranks by the mean direction."""
+    H = torch.eye(4)
+    words = torch.tensor([[1.0, 0, 0, 0], [0, 0.6, 0.8, 0], [0, 0.6, 0.8, 0], [0, 0.6, 0.8, 0]])  # one content word
+    r_max = relevance_llm_embed(H, words, reduce="max")
+    r_mean = relevance_llm_embed(H, words, reduce="mean")
+    assert int(r_max.argmax()) == 0 and int(r_mean.argmax()) == 2
+    q = torch.tensor([0.2, 0.5, -0.1, 0.7])
+    torch.testing.assert_close(relevance_llm_embed(H, q[None], reduce="max"), relevance_llm_embed(H, q))
+    with pytest.raises(ValueError, match="reduce"):
+        relevance_llm_embed(H, q, reduce="sum")
+
+
+def test_theta_quality_keeps_every_token_selectable():
+    """The spec's kernel gives the least relevant token quality 0, so the DPP never picks it however distinct it
+    is; CDPruner's exp(α r) quality (θ = 0.5: [1, e^0.5]) still lets diversity pick it; θ = 0 is pure diversity."""
+    r = torch.tensor([1.0, 0.9, 0.0])
+    assert quality(r, None) is r
+    torch.testing.assert_close(quality(r, 0.5), torch.exp(0.5 * r))
+    assert torch.equal(quality(r, 0.0), torch.ones(3))
+    H = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])  # 0 and 1 near-duplicates, 2 distinct but irrelevant
+    q = torch.tensor([[1.0, 0.0]])
+    assert script_select(H, 2, q=q, ratio=0.0, reduce="max", theta=None).tolist() == [0, 1]
+    assert script_select(H, 2, q=q, ratio=0.0, reduce="max", theta=0.5).tolist() == [0, 2]
+
+
 # ----- registered method -----
 def test_method_through_registry():
     g = torch.Generator().manual_seed(4)
@@ -186,7 +214,9 @@ def test_method_through_registry():
     tokens = FrameTokens(features=torch.randn(144, d, generator=g), grid_hw=(12, 12), trailer=torch.zeros(1, d))
     m = get_method("script:ratio=0.25")
     assert m.query_conditioned and get_method(m.spec()) == m
-    for query in (None, torch.randn(d, generator=g)):
+    assert m.relevance_source == "llm_embed_max" and m.theta == 0.5  # our defaults (method.py says why)
+    assert get_method("script:theta=none,relevance_source=llm_embed").theta is None  # the spec's kernel
+    for query in (None, torch.randn(d, generator=g), torch.randn(5, d, generator=g)):
         sel = m.compress(tokens, FrameContext(0, 0.0, query=query), m.new_state())
         assert sel.keep.numel() == 36 and bool((sel.keep[1:] > sel.keep[:-1]).all()) and sel.features is None
     assert get_method("script").compress(tokens, FrameContext(0, 0.0), None).keep.numel() == 16  # 64/576 of 144
@@ -197,8 +227,8 @@ def test_method_through_registry():
 @pytest.mark.parametrize("spec,match", [
     ("script:gsp_ratio=1", "gsp_ratio"), ("script:gsp_ratio=-0.1", "gsp_ratio"), ("script:tau=1.5", "tau"),
     ("script:gamma=-1", "gamma"), ("script:relevance_sign=2", "relevance_sign"),
-    ("script:relevance_source=clip_text", "relevance_source must be 'llm_embed'"), ("script:ratio=0", "ratio"),
-    ("script:eps=-1", "eps"),
+    ("script:relevance_source=clip_text", "relevance_source must be 'llm_embed_max' or 'llm_embed'"),
+    ("script:ratio=0", "ratio"), ("script:eps=-1", "eps"), ("script:theta=1", "theta"), ("script:theta=-0.5", "theta"),
 ])
 def test_bad_settings_raise_input_error(spec, match):
     with pytest.raises(InputError, match=match):

@@ -1,8 +1,11 @@
 """Query relevance `r [N]` in [0, 1], the "quality" half of Script's DPP kernel (spec §8.3).
 
 - `relevance_llm_embed` (our adaptation; the only source our adapters can serve): cosine between each
-  projected visual token and the mean LLM input embedding of the question tokens. Both live in the LLM's
-  input space, so no CLIP text tower is needed.
+  projected visual token and the question's LLM input embeddings. Both live in the LLM's input space, so no
+  CLIP text tower is needed. `reduce="mean"` (spec §8.3): against the mean embedding of the question tokens;
+  `reduce="max"` (ours, the default `llm_embed_max` source): the best match over the question's tokens, so the
+  content words ("square", "red") decide rather than the mean, which the function words ("what", "is", "the")
+  dominate.
 - `relevance_clip`: CDPruner-style, mean cosine between CLIP image embeds and each 77-token text segment.
 
 Both then apply the sign (`+1` = paper; `−1` = CDPruner's empirical negation, spec pitfall 2) and a per-frame
@@ -29,14 +32,28 @@ def normalize_relevance(x: torch.Tensor) -> torch.Tensor:
     return torch.where(span < FLAT, torch.ones_like(r), r)  # no host sync: the flat case is a select
 
 
-def relevance_llm_embed(H: torch.Tensor, q: torch.Tensor | None, sign: int = 1) -> torch.Tensor:
-    """`r_i` from `x_i = sign · cos(H_i, q)`, `H [N, D]` projected tokens, `q [D]` mean question embedding."""
+def relevance_llm_embed(H: torch.Tensor, q: torch.Tensor | None, sign: int = 1, reduce: str = "mean") -> torch.Tensor:
+    """`r_i` from `x_i = sign · cos(H_i, mean_t q_t)` (`reduce="mean"`) or `sign · max_t cos(H_i, q_t)`
+    (`"max"`); `H [N, D]` projected tokens, `q [M, D]` the question's token embeddings (`[D]`: one token)."""
     dt = work_dtype(H)
     if q is None:
         return torch.ones(H.shape[0], dtype=dt, device=H.device)
     hn = F.normalize(H.to(dt), dim=-1)
-    qn = F.normalize(q.to(device=H.device, dtype=dt).reshape(-1), dim=0)
-    return normalize_relevance(sign * (hn @ qn))
+    q = q.to(device=H.device, dtype=dt).reshape(-1, H.shape[-1])
+    if reduce == "mean":
+        return normalize_relevance(sign * (hn @ F.normalize(q.mean(0), dim=0)))
+    if reduce == "max":
+        return normalize_relevance(sign * (hn @ F.normalize(q, dim=-1).T).amax(dim=-1))
+    raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+
+
+def quality(r: torch.Tensor, theta: float | None) -> torch.Tensor:
+    """The DPP kernel's quality term from relevance `r` in [0, 1]. `theta=None` is the spec's `r` itself;
+    otherwise CDPruner's relevance/diversity trade-off `exp(α·r)`, `α = θ / (2(1 − θ))`: quality in [1, e^α],
+    so no token's quality is zero (θ = 0: pure diversity; θ → 1: relevance dominates)."""
+    if theta is None:
+        return r
+    return torch.exp(theta / (2.0 * (1.0 - theta)) * r)
 
 
 def relevance_clip(E: torch.Tensor, Q: torch.Tensor | None, sign: int = 1) -> torch.Tensor:

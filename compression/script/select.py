@@ -19,7 +19,7 @@ import torch
 
 from vlmedge.compression.script.dpp import fast_greedy_map
 from vlmedge.compression.script.gsp import gsp_prune, similarity
-from vlmedge.compression.script.relevance import relevance_llm_embed
+from vlmedge.compression.script.relevance import quality, relevance_llm_embed
 
 
 def intersect_and_fill(order: torch.Tensor, gsp_keep: torch.Tensor, T: int) -> torch.Tensor:
@@ -32,11 +32,14 @@ def intersect_and_fill(order: torch.Tensor, gsp_keep: torch.Tensor, T: int) -> t
 
 def script_select(H: torch.Tensor, T: int, q: torch.Tensor | None = None, ratio: float = 0.5, tau: float = 0.2,
                   gamma: float = 1.0, sign: int = 1, eps: float = 1e-10,
-                  relevance: torch.Tensor | None = None) -> torch.Tensor:
+                  relevance: torch.Tensor | None = None, reduce: str = "mean",
+                  theta: float | None = None) -> torch.Tensor:
     """Kept indices (ascending long, exactly `min(T, N)`) of one frame's projected tokens `H [N, D]`.
 
-    `q [D]`: mean LLM input embedding of the question (None: r = 1, pure diversity). `relevance [N]`, when
-    given, replaces the `llm_embed` relevance (e.g. `relevance_clip` for models with a CLIP text tower).
+    `q [M, D]`: the question's LLM input embeddings (None: r = 1, pure diversity), reduced by `reduce`
+    (`relevance.relevance_llm_embed`). `relevance [N]`, when given, replaces the `llm_embed` relevance (e.g.
+    `relevance_clip` for models with a CLIP text tower). `theta`: the kernel's quality (`relevance.quality`;
+    None = the spec's `r`).
     """
     if H.ndim != 2:
         raise ValueError(f"script_select takes one frame's tokens [N, D], got shape {tuple(H.shape)}")
@@ -47,8 +50,10 @@ def script_select(H: torch.Tensor, T: int, q: torch.Tensor | None = None, ratio:
     if t >= n:
         return torch.arange(n, device=H.device)
     S = similarity(H)
-    r = relevance_llm_embed(H, q, sign) if relevance is None else relevance.to(device=S.device, dtype=S.dtype)
+    r = (relevance_llm_embed(H, q, sign, reduce) if relevance is None
+         else relevance.to(device=S.device, dtype=S.dtype))
     gsp_keep, n_gsp = gsp_prune(S, t, ratio, tau, gamma)
-    L = r[:, None] * S * r[None, :]
+    qual = quality(r, theta)
+    L = qual[:, None] * S * qual[None, :]
     order = fast_greedy_map(L, min(n, t + n_gsp), r, eps)
     return intersect_and_fill(order, gsp_keep, t)
