@@ -6,6 +6,8 @@ import math
 import os
 from dataclasses import asdict
 
+from vlmedge.runtime.evaluation import kept_text
+
 ACC_TYPES = ("color", "count", "where", "exists", "appeared", "small", "sound")
 
 
@@ -53,7 +55,7 @@ def accuracy_table(accuracy: list, baseline: str = "none") -> str:
     lines = [head, "|" + "---|" * (4 + av + len(types))]
     for a in accuracy:
         r = a["report"]
-        keep = f"{r.tokens_per_frame:.1f} of {r.tokens_in_per_frame:.0f}"
+        keep = f"{kept_text(r)} of {r.tokens_in_per_frame:.0f}"
         if av:
             ret = getattr(r, "retention", None)
             # frame methods keep every audio token; only window methods count both

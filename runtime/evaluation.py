@@ -34,6 +34,9 @@ class EvalReport:
     # from the committed windows; None for frame methods, which never drop audio
     retention: float | None = None
     audio_retention: float | None = None
+    # spread of the per-frame kept count (standard deviation over all frames): 0 for fixed budgets, the
+    # data-driven count's spread for GlimpsePrune
+    tokens_per_frame_std: float = 0.0
 
     def to_json(self, with_answers: bool = False) -> str:
         d = asdict(self)
@@ -49,7 +52,7 @@ class EvalReport:
                 continue
             lines.append(f"{q:<10} {self.accuracy[q]:>9.3f} {self.chance[q]:>7.3f} {self.counts[q]:>5}")
         lines.append(f"{'overall':<10} {self.accuracy['overall']:>9.3f} {self.chance['overall']:>7.3f} {self.counts['overall']:>5}")
-        lines.append(f"visual tokens per frame: {self.tokens_per_frame:.1f} kept of {self.tokens_in_per_frame:.1f}")
+        lines.append(f"visual tokens per frame: {kept_text(self)} kept of {self.tokens_in_per_frame:.1f}")
         if self.retention is not None:
             audio = "" if self.audio_retention is None else f", audio {self.audio_retention:.1%}"
             lines.append(f"tokens kept (video + audio): {self.retention:.1%}{audio}")
@@ -125,10 +128,17 @@ def evaluate(adapter, method, seeds: tuple[int, int], name: str = "", progress=N
     ch = {q: chance[q] for q in hits}
     ch["overall"] = float(np.mean([chance[a["qtype"]] for a in answers])) if answers else 0.0
     return EvalReport(model=name, method=session.method.spec(), seeds=seeds, accuracy=acc, chance=ch, counts=counts,
-                      tokens_per_frame=float(np.mean(kept)), tokens_in_per_frame=float(np.mean(seen)),
+                      tokens_per_frame=float(np.mean(kept)), tokens_per_frame_std=float(np.std(kept)),
+                      tokens_in_per_frame=float(np.mean(seen)),
                       ms={k: float(np.median(v)) if v else 0.0 for k, v in stage.items()},
                       peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       wall_s=time.perf_counter() - t_start, answers=answers, **window_retention(windows))
+
+
+def kept_text(r) -> str:
+    """Mean kept tokens per frame, with ± the standard deviation where the count varies."""
+    std = getattr(r, "tokens_per_frame_std", 0.0)
+    return f"{r.tokens_per_frame:.1f}" + (f" ± {std:.1f}" if std >= 0.05 else "")
 
 
 def window_retention(windows) -> dict:

@@ -71,6 +71,8 @@ def test_bench_end_to_end_writes_tables(tiny_adapters, tmp_path):
     labels = [a["label"] for a in res.accuracy]
     assert labels == [t.label for t in res.timing]
     assert labels[:2] == ["none", "uniform 50%"] and "stc cacher only" in labels and "script dpp-only 50%" in labels
+    uni = next(a["report"] for a in res.accuracy if a["label"] == "uniform 50%")
+    assert uni.tokens_per_frame_std == 0.0 and uni.tokens_per_frame > 0  # a fixed budget: no spread
     md = report.markdown(res)
     assert "| none |" in md and "1.00×" in md and "Accuracy" in md and "audio ms" not in md
     data = json.loads(json.dumps(report.to_json(res)))
@@ -241,3 +243,13 @@ def test_omni_accuracy_table_reports_retention_of_all_tokens(tiny_adapters):
     oz_row = next(r for r in rows if r.startswith("| omnizip 45% |"))
     assert f"{by['omnizip 45%'].retention:.1%} (audio " in oz_row
     assert next(r for r in rows if r.startswith("| none |")).split(" | ")[2] == "–"
+
+
+def test_kept_count_shows_its_spread_only_where_it_varies():
+    from types import SimpleNamespace
+
+    from vlmedge.runtime.evaluation import kept_text
+
+    assert kept_text(SimpleNamespace(tokens_per_frame=16.0, tokens_per_frame_std=0.0)) == "16.0"
+    assert kept_text(SimpleNamespace(tokens_per_frame=24.2, tokens_per_frame_std=5.13)) == "24.2 ± 5.1"
+    assert kept_text(SimpleNamespace(tokens_per_frame=24.2)) == "24.2"  # reports written before the field
