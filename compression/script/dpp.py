@@ -1,5 +1,6 @@
 """Script's query-conditioned semantic pruning (QCSP, spec §4 and §8.4): the exact greedy MAP of a DPP with
-kernel `L = diag(r) S diag(r)`, by incremental Cholesky (Chen, Zhang, Zhou, NeurIPS 2018, `fast-map-dpp`).
+kernel `L = diag(q) S diag(q)` (quality q = r in the spec, `exp(α·r)` by default: `relevance.quality`), by
+incremental Cholesky (Chen, Zhang, Zhou, NeurIPS 2018, `fast-map-dpp`).
 
 Each step picks the token with the largest remaining conditional variance `d_j` (the gain in log det of the
 selected kernel block), appends the new Cholesky row `e = (L_j − C_{:i,j}ᵀ C_{:i}) / √d_j` and shrinks all
