@@ -567,3 +567,17 @@ def test_baselines_keep_as_many_tokens_as_omnizip(tiny_adapters):
     play(nominal, frames[:4], audio_seed=30)
     w = nominal.flush()
     assert w.audio_kept == 35 + 2 and w.video_kept == 4 * num_keep(oz.frame_stats[0].tokens_in, 0.6)
+
+
+@pytest.mark.parametrize("odd", ["temporal", "dpc"])
+def test_video_only_baseline_prunes_video_with_omnizips_odd_frame_rule(odd):
+    """The video-only baseline differs from OmniZip only by the audio guidance, so it follows `odd_frames` too."""
+    g = torch.Generator().manual_seed(11)
+    feats = [torch.randn(24, 8, generator=g) for _ in range(4)]
+    tokens = [FrameTokens(features=f, grid_hw=(4, 6), trailer=torch.zeros(0, 8)) for f in feats]
+    m = get_method(f"omnizip_videoonly:budget=nominal,odd_frames={odd}")
+    sel = m.compress_window(tokens, [FrameContext(i, i / 2) for i in range(4)], None, m.new_state())
+    want = istc(torch.stack(feats), 0.6, odd_frames=odd)
+    other = istc(torch.stack(feats), 0.6, odd_frames="dpc" if odd == "temporal" else "temporal")
+    assert want[1].tolist() != other[1].tolist()  # the two rules pick differently here, so the check can fail
+    assert [s.keep.tolist() for s in sel.frames] == [k.tolist() for k in want]
