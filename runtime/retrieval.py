@@ -6,43 +6,126 @@ question tokens of the largest q·k/√d over the block's keys at `m` — how st
 the block's best-matching token. ReKV scores per layer; one middle layer, where features are already semantic
 but not yet specialised to the next token, keeps the cost at one partial prefill of the question and one small
 matmul per block. Blocks are taken best first up to the token allowance and go back in time order.
+
+Two options depart from ReKV's score (session settings `retrieval_positions`, `retrieval_score`), measured on the
+bundled reference model with recall questions (a clip's "what color appeared just before the <colour> <shape> ?"
+asked 4, 6 or 10 clips later, ~130-170 stored blocks; how often the evidence ranks among the 7 blocks a question
+retrieves, chance 0.04):
+- `adjacent`: blocks scored as if they ended where the question starts. In place, RoPE makes the score a
+  function of distance as much as of content: the evidence ranked first 6 clips back but ~107th of 132 ten clips
+  back (0 of 18 in the best 7); attention heads picked for retrieving at one distance were heads that prefer
+  that distance (0.82 there, 0.08 at others), which is why no head calibration ships.
+- `heads="all"`: every head of every layer votes, each standardised over the candidates (`combine_heads`):
+  with `adjacent`, 0.32 ten clips back and 0.26 four clips back, against 0.18 and 0.20 for the middle layer's
+  plain mean.
+Neither moves the soak's answers on this 4-layer model (docs/bench/soak.md): retrieval still misses the evidence
+two times in three, and given the exact evidence clip the model answers 0.47; so ReKV's score stays the default.
 """
 from __future__ import annotations
 
 import torch
 
-from vlmedge.models.layer_runner import LayerRunner, query_key_logits
+from vlmedge.models.layer_runner import LayerRunner, _rotate_half
 from vlmedge.runtime.kv_tail import cut_layers_to
 
 
-def _score(q, keys):
-    """The question's strongest attention into the block: max over the block's keys of q·k/√d, mean over heads and
-    question tokens (ReKV's). Measured on the reference model (24 recall questions, 137 blocks, the evidence clip
-    among the 7 best): 0.75 at the middle layer with this score; 0.17 with max minus the block's mean."""
-    return query_key_logits(q, keys).amax(-1).float().mean()
+RETRIEVAL_SCORES = {"middle-layer": "middle", "all-heads": "all"}  # session setting -> score_blocks(heads=)
+
+
+def block_keys(kv, layer: int):
+    """An offloaded block's keys at `layer` (full-precision pairs or `kv_quant.Int8BlockKV`)."""
+    return kv.key(layer) if hasattr(kv, "key") else kv[layer][0]
+
+
+def _adjacent_deltas(cands, q_start: int, on: bool) -> list[int]:
+    """Per candidate, the shift that makes it end right where the question starts (0: left where it is).
+
+    Cached keys carry RoPE at their original positions, and q·k under RoPE depends on the distance, so scored
+    in place an old block competes from thousands of positions away and a recent one from a few hundred. On the
+    reference model that buried the evidence of a question about 10 clips back (3,000+ positions) at rank ~107 of
+    132 blocks, where 6 clips back it ranked first. Moved next to the question, every block is scored at the same
+    distances, which is also where a focused question reads it (`focus_positions="compact"`)."""
+    return [q_start - b.span[1] if on and b.span is not None else 0 for b in cands]
+
+
+def _block_scores(q: torch.Tensor, keys: list, deltas: list[int], adapter, chunk: int = 256) -> torch.Tensor:
+    """`[len(keys), H]`: per block and query head, the max over the block's keys of q·k/√d, mean over the
+    question's tokens. Blocks go through in padded batches; a block moved by d is scored with the queries turned
+    by -d (RoPE: q·R(d)k = R(-d)q·k), a few query rows instead of all of its keys."""
+    _, H, n, hd = q.shape
+    out = []
+    for i in range(0, len(keys), chunk):
+        ks, ds = keys[i:i + chunk], deltas[i:i + chunk]
+        kvh, longest = ks[0].shape[1], max(k.shape[2] for k in ks)
+        K = q.new_zeros(len(ks), kvh, longest, hd)
+        pad = torch.ones(len(ks), longest, dtype=torch.bool, device=q.device)
+        for j, k in enumerate(ks):
+            K[j, :, :k.shape[2]] = k[0].to(q.device, q.dtype)
+            pad[j, :k.shape[2]] = False
+        qs = q.expand(len(ks), H, n, hd)
+        if any(ds):
+            cos, sin = (t.to(q.device, q.dtype)[:, None, None, :] for t in _rotations(adapter, [-d for d in ds]))
+            qs = qs * cos + _rotate_half(qs) * sin
+        logits = torch.matmul(qs, K.repeat_interleave(H // kvh, dim=1).transpose(-1, -2)) * hd ** -0.5
+        out.append(logits.masked_fill(pad[:, None, None, :], float("-inf")).amax(-1).float().mean(-1))
+    return torch.cat(out) if out else torch.zeros(0, H)
 
 
 @torch.no_grad()
-def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, layer: int | None = None,
-                 live=None):
-    """One score per offloaded block for the question tokens `embeds [n, D]` at `ids [P, n]`; with `live` (a list
-    of blocks still in the cache, by their `start`/`length`; may be empty), `(offloaded scores, live scores)`."""
-    if not blocks and not live:
-        return torch.zeros(0) if live is None else (torch.zeros(0), torch.zeros(0))
+def head_scores(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, heads, live=(),
+                adjacent: bool = True) -> torch.Tensor:
+    """`[len(blocks) + len(live), len(heads)]`: for each (layer, head) in `heads`, each offloaded block's then each
+    live block's score (`_block_scores`). The question runs through the layers once, up to the deepest one asked
+    for (queries captured at each asked layer on the way), and is cut away again. `adjacent`: each block scored as
+    if it ended where the question starts (`_adjacent_deltas`)."""
     runner = LayerRunner(adapter)
-    m = runner.num_layers // 2 if layer is None else layer
+    deltas = _adjacent_deltas(list(blocks) + list(live), int(ids[:, 0].min()), adjacent)
+    layers = sorted({int(m) for m, _ in heads})
     start = cache.get_seq_length()
+    per_layer, hidden, done = {}, embeds, -1
     try:
-        _, q = runner.run(embeds, ids, cache, range(0, m + 1), capture_layer=m,
-                          capture_rows=torch.arange(embeds.shape[0]), capture_queries=True)
-        keys = cache.layers[m].keys
-        live_scores = [_score(q, keys[:, :, b.start:b.start + b.length]) for b in live or ()]
+        for m in layers:
+            hidden, q = runner.run(hidden, ids, cache, range(done + 1, m + 1), capture_layer=m,
+                                   capture_rows=torch.arange(embeds.shape[0]), capture_queries=True)
+            done = m
+            keys = [block_keys(b.kv, m) for b in blocks]
+            keys += [cache.layers[m].keys[:, :, b.start:b.start + b.length] for b in live]
+            per_layer[m] = _block_scores(q, keys, deltas, adapter)
     finally:
         cut_layers_to(cache, start)
-    scores = torch.stack([_score(q, b.kv[m][0].to(q.device)) for b in blocks]) if blocks else torch.zeros(0)
-    if live is None:
-        return scores
-    return scores, torch.stack(live_scores) if live_scores else torch.zeros(0)
+    return torch.stack([per_layer[int(m)][:, int(h)] for m, h in heads], dim=1)
+
+
+def combine_heads(table: torch.Tensor) -> torch.Tensor:
+    """One score per candidate from a `head_scores` table: each head's scores standardised over the candidates,
+    then summed. Heads differ in scale (raw q·k spans 2-8 on one head and 20-40 on another), so a plain sum
+    would be one head's vote; standardised, each head counts the same."""
+    if table.shape[0] < 2:
+        return torch.zeros(table.shape[0])
+    return ((table - table.mean(0)) / (table.std(0, unbiased=False) + 1e-6)).sum(1)
+
+
+def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, layer: int | None = None,
+                 live=None, heads="middle", adjacent: bool = False):
+    """One score per offloaded block for the question tokens `embeds [n, D]` at `ids [P, n]`; with `live` (a list
+    of blocks still in the cache, by their `start`/`length`; may be empty), `(offloaded scores, live scores)`.
+
+    `heads`: "middle" (default) the plain mean over the heads of `layer` (default the middle one), ReKV's score;
+    "all" every head of every layer, or a list of (layer, head) pairs, combined by `combine_heads` over offloaded
+    and live candidates together. `adjacent`: every block scored as if it ended where the question starts
+    (`_adjacent_deltas`); False (default) scores keys where they are."""
+    if not blocks and not live:
+        return torch.zeros(0) if live is None else (torch.zeros(0), torch.zeros(0))
+    n_layers, n_heads = adapter.text_config.num_hidden_layers, adapter.text_config.num_attention_heads
+    if heads == "middle":
+        m = n_layers // 2 if layer is None else layer
+        scores = head_scores(adapter, cache, blocks, embeds, ids, [(m, h) for h in range(n_heads)], live or (),
+                             adjacent).mean(1)
+    else:
+        if heads == "all":
+            heads = [(m, h) for m in range(n_layers) for h in range(n_heads)]
+        scores = combine_heads(head_scores(adapter, cache, blocks, embeds, ids, heads, live or (), adjacent))
+    return scores if live is None else (scores[:len(blocks)], scores[len(blocks):])
 
 
 def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
@@ -56,24 +139,27 @@ def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
     return [blocks[i] for i in sorted(chosen)]
 
 
-def key_shift(adapter, delta: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) `[n, head_dim]` that move post-RoPE keys by `delta` positions: RoPE rotates each channel pair
-    by position x frequency, so rotating cached keys by `delta` x frequency equals computing them at the shifted
-    position. Every RoPE row moves by the same `delta`, which for M-RoPE is again one angle per frequency. The
-    same for every layer, so `focus` computes it once per block."""
-    from vlmedge.models.layer_runner import LayerRunner
-
+def _rotations(adapter, deltas: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) `[len(deltas), head_dim]`: row i moves post-RoPE vectors by `deltas[i]` positions. RoPE rotates
+    each channel pair by position x frequency, so rotating a cached key by delta x frequency equals computing it
+    at the shifted position. Every RoPE row moves by the same delta, which for M-RoPE is again one angle per
+    frequency."""
     runner = LayerRunner(adapter)
-    ids = torch.full((adapter.positions.rows, n), int(delta), dtype=torch.long)
-    cos, sin = runner.rotary(torch.zeros(1, n, 1), ids)
+    ids = torch.tensor([int(d) for d in deltas], dtype=torch.long).expand(adapter.positions.rows, -1)
+    cos, sin = runner.rotary(torch.zeros(1, len(deltas), 1), ids)
     scale = float(getattr(runner.lm.rotary_emb, "attention_scaling", 1.0) or 1.0)  # the keys carry it already
     return cos[0] / scale, sin[0] / scale
 
 
+def key_shift(adapter, delta: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) `[n, head_dim]` that move `n` post-RoPE keys by `delta` positions (`_rotations`). The same for
+    every layer, so `focus` computes it once per block."""
+    cos, sin = _rotations(adapter, [delta])
+    return cos.expand(n, -1), sin.expand(n, -1)
+
+
 def shift_keys(keys: torch.Tensor, shift: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """`keys [B, H, L, hd]` rotated by `key_shift`'s (cos, sin)."""
-    from vlmedge.models.layer_runner import _rotate_half
-
     cos, sin = (t.to(keys.device, keys.dtype) for t in shift)
     return keys * cos + _rotate_half(keys) * sin
 
@@ -85,7 +171,7 @@ def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
     memory, and it is at most prefix + the retrieval allowance + the local blocks. `shifts` (one per part, with
     `adapter`): move each part's keys by that many positions (`shift_keys`); the moved keys are new tensors too."""
     saved = [(layer.keys, layer.values) for layer in cache.layers]
-    lengths = [p[1] if isinstance(p, tuple) else p[0][0].shape[2] for p in parts]
+    lengths = [p[1] if isinstance(p, tuple) else getattr(p, "length", None) or p[0][0].shape[2] for p in parts]
     rotations = [key_shift(adapter, d, n) if d else None for d, n in zip(shifts or [0] * len(parts), lengths)]
     for li, layer in enumerate(cache.layers):
         k, v = saved[li]
@@ -95,7 +181,7 @@ def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
                 start, length = part
                 pk, pv = k[:, :, start:start + length], v[:, :, start:start + length]
             else:
-                pk, pv = part[li][0].to(k.device, k.dtype), part[li][1].to(v.device, v.dtype)
+                pk, pv = (t.to(k.device, k.dtype) for t in part[li])
             ks.append(shift_keys(pk, rotations[j]) if rotations[j] is not None else pk)
             vs.append(pv)
         layer.keys, layer.values = torch.cat(ks, dim=2), torch.cat(vs, dim=2)
@@ -105,3 +191,4 @@ def focus(cache, prefix: int, parts, shifts=None, adapter=None) -> "callable":
             layer.keys, layer.values = k, v
 
     return restore
+

@@ -26,6 +26,7 @@ from vlmedge.models.preprocess import validate_frame
 from vlmedge.runtime.kv_tail import cut_to, restore_tail, take_tail
 from vlmedge.runtime.layout import frame_inputs
 from vlmedge.runtime.records import Answer, AudioStats, FrameStats, WindowStats
+from vlmedge.runtime.retrieval import RETRIEVAL_SCORES
 from vlmedge.runtime.requery import RequeryStream, _piece, _Segment
 from vlmedge.runtime.token_store import TokenStore
 from vlmedge.runtime.windowing import WindowedStream, _Buffered
@@ -38,7 +39,8 @@ class StreamingSession(WindowedStream, RequeryStream):
                  keep_logits: bool = False, standing_prompt: str | None = None, requery_frames: int = 8,
                  memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1,
                  eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0,
-                 retrieval: str = "append", focus_positions: str = "compact"):
+                 retrieval: str = "append", focus_positions: str = "compact", offload_precision: str = "full",
+                 retrieval_score: str = "middle-layer", retrieval_positions: str = "in-place"):
         """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
         stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
         Without either the stream grows with every frame. `eviction` ("evict" or "offload"), `offload_tokens` and
@@ -47,7 +49,11 @@ class StreamingSession(WindowedStream, RequeryStream):
         prompt and sink frames, the best blocks among live and offloaded ones within `retrieve_tokens`, and the
         latest frames (runtime/retrieval.py `focus`); `focus_positions` "compact" lays those blocks end to end after
         the sinks (their keys re-rotated) and asks the question right after them, "original" leaves every position
-        where it was."""
+        where it was. `offload_precision` "int8" holds offloaded blocks as int8 (runtime/kv_quant.py; the budget
+        counts their real bytes). `retrieval_score`: "middle-layer" (ReKV's mean over the middle layer's heads)
+        or "all-heads" (every head of every layer votes, each standardised); `retrieval_positions`: "in-place"
+        (blocks scored where their keys are) or "adjacent" (each scored as if right before the question, so
+        distance does not decide); runtime/retrieval.py."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -80,7 +86,8 @@ class StreamingSession(WindowedStream, RequeryStream):
             # a question's extra tokens come out of the budget too: re-selected frames, retrieved blocks
             # and so does the offload store: on a Jetson host and device memory are the same memory
             reserve = (self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0) + (
-                int(retrieve_tokens) + int(offload_tokens) if eviction == "offload" else 0)
+                int(retrieve_tokens) + self._offload_reserve(int(offload_tokens), offload_precision)
+                if eviction == "offload" else 0)
             max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
             if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
                 raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "
@@ -96,8 +103,13 @@ class StreamingSession(WindowedStream, RequeryStream):
             raise InputError(f"focus_positions must be 'compact' or 'original', got {focus_positions!r}")
         self.focus_positions = focus_positions
         self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
-                                 int(retrieve_tokens), focus=retrieval == "focus")
+                                 int(retrieve_tokens), focus=retrieval == "focus", host_precision=offload_precision)
                       if max_stream_tokens is not None else None)
+        if retrieval_score not in RETRIEVAL_SCORES:
+            raise InputError(f"retrieval_score must be one of {', '.join(RETRIEVAL_SCORES)}, got {retrieval_score!r}")
+        if retrieval_positions not in ("in-place", "adjacent"):
+            raise InputError(f"retrieval_positions must be 'in-place' or 'adjacent', got {retrieval_positions!r}")
+        self.retrieval_score, self.retrieval_positions = retrieval_score, retrieval_positions
         self._reported = (0, 0)  # store counters at the last question
         self._weights_bytes: int | None = None
         if self.query_conditioned and self.window_s is not None:
@@ -281,6 +293,19 @@ class StreamingSession(WindowedStream, RequeryStream):
             for g in self._segments:
                 g.start -= b.length
 
+    def _offload_reserve(self, offload_tokens: int, precision: str) -> int:
+        """The offload store's bytes in live-cache tokens: int8 blocks take fewer bytes than the tokens they hold."""
+        import math
+
+        from vlmedge.models.base import kv_shape
+        from vlmedge.runtime.kv_quant import host_bytes_per_token
+        from vlmedge.runtime.planner import ELEMENT_BYTES
+
+        per = self.plan.kv_bytes_per_token
+        host = host_bytes_per_token(per, ELEMENT_BYTES[self.plan.kv_precision], kv_shape(self.adapter.text_config)[2],
+                                    precision)
+        return math.ceil(offload_tokens * host / per)
+
     def _stored(self, start: int, kind: str, time_s: float) -> None:
         if self.store is not None:
             self.store.add(start, self.cache.get_seq_length() - start, kind, time_s, span=self._span)
@@ -303,7 +328,9 @@ class StreamingSession(WindowedStream, RequeryStream):
         if store.focus and may_focus and live:
             local = live[max(0, len(live) - store.local_blocks):]
             older = live[:len(live) - len(local)]
-            host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos, live=older)
+            host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos, live=older,
+                                                    heads=RETRIEVAL_SCORES[self.retrieval_score],
+                                                    adjacent=self.retrieval_positions == "adjacent")
             entries = store.host + older
             picked = choose(entries, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
             host_ids = {id(b) for b in store.host}
@@ -317,7 +344,9 @@ class StreamingSession(WindowedStream, RequeryStream):
             return len(from_host), sum(b.length for b in from_host), restore
         if not store.host:
             return 0, 0, None
-        scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos)
+        scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos,
+                              heads=RETRIEVAL_SCORES[self.retrieval_score],
+                              adjacent=self.retrieval_positions == "adjacent")
         chosen = choose(store.host, scores, store.retrieve_tokens)
         for b in chosen:
             append_kv(self.cache, b.kv)

@@ -10,8 +10,10 @@ Recall questions (`recall_after` clips > 0) measure what an eviction policy lose
 just before the <colour> <shape> ?" is asked again `recall_after` clips later, when a small cache no longer holds
 that clip. A camworld clip only asks about objects whose name is unique in it, but later clips reuse names, so a
 recall question is dropped (counted as ambiguous) when the object it names shows up again before it is asked: the
-truth stays the clip's own. Every such question the clip supports is used, not only the balanced sample it asks. Each is scored by whether the evidence frames were still
-in the live cache (`recall_in_cache` / `recall_evicted`); `recall` is all of them, the same set under every policy.
+truth stays the clip's own (its most recent arrival). Every such question the clip supports is used, not only the
+balanced sample it asks. Each is scored by whether the evidence frames were still in the live cache
+(`recall_in_cache` / `recall_evicted`), and the evicted ones again if they were still in the offload store
+(`recall_offloaded`); `recall` is all of them, the same set under every policy.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ class SoakReport:
     accuracy: dict = field(default_factory=dict)  # overall, backward_in_cache, backward_evicted
     counts: dict = field(default_factory=dict)
     store: dict = field(default_factory=dict)
+    offload_precision: str = "full"
+    retrieval_score: str = "middle-layer"
+    retrieval_positions: str = "in-place"
 
     @property
     def fps(self) -> float:
@@ -72,9 +77,10 @@ class _Recall:
     due: int  # the clip index before whose frames it is asked
     name: str  # the object it names ("red square"): must not show up again until it is asked
     evidence_s: float  # stream time of its first evidence frame
+    evidence_end_s: float  # stream time of the frame it was first answerable after
 
 
-def _recalls(clip, index: int, after: int, offset: float) -> list[_Recall]:
+def recall_questions(clip, index: int, after: int, offset: float) -> list[_Recall]:
     """Every distinct "appeared.before" question the clip supports (not only the balanced sample it asks)."""
     from vlmedge.models.camworld.questions import candidates
 
@@ -83,7 +89,7 @@ def _recalls(clip, index: int, after: int, offset: float) -> list[_Recall]:
         if q.template == "appeared.before" and len(q.refs) >= 2 and q.text not in seen:
             seen.add(q.text)
             out.append(_Recall(q, index + after, clip.objects[q.refs[1]].name(),
-                               offset + clip.frame_time(q.evidence_start)))
+                               offset + clip.frame_time(q.evidence_start), offset + clip.frame_time(q.frame)))
     return out
 
 
@@ -101,7 +107,9 @@ SOAK_POLICIES = ("evict", "offload", "focus", "focus-original")
 def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget=None,
          max_stream_tokens: int | None = None, sink_frames: int = 1, offload_tokens: int = 0,
          retrieve_tokens: int = 0, seed_start: int = 1_000_000, sample_every_s: float = 60.0,
-         recall_after: int = 0, progress=None) -> SoakReport:
+         recall_after: int = 0, offload_precision: str = "full", retrieval_score: str = "middle-layer",
+         retrieval_positions: str = "in-place",
+         progress=None) -> SoakReport:
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
 
@@ -116,9 +124,11 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                                max_stream_tokens=max_stream_tokens, sink_frames=sink_frames,
                                eviction="offload" if focused else policy, offload_tokens=offload_tokens,
                                retrieve_tokens=retrieve_tokens, retrieval="focus" if focused else "append",
-                               focus_positions="original" if policy == "focus-original" else "compact")
+                               focus_positions="original" if policy == "focus-original" else "compact",
+                               offload_precision=offload_precision if policy != "evict" else "full",
+                               retrieval_score=retrieval_score, retrieval_positions=retrieval_positions)
     hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": [], "recall": [],
-                                    "recall_in_cache": [], "recall_evicted": []}
+                                    "recall_in_cache": [], "recall_evicted": [], "recall_offloaded": []}
     samples, peak_tracked, peak_rss = [], 0, 0
     t_wall, offset, done, seed, next_sample = time.perf_counter(), 0.0, 0, seed_start, 0.0
     pending: list[_Recall] = []
@@ -132,12 +142,16 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
             pending.remove(r)
             ok = float(session.ask(r.question.text).text.split()[:1] == [r.question.answer])
             hits["recall"].append(ok)
-            hits["recall_in_cache" if r.evidence_s >= _oldest_cached_s(session) else "recall_evicted"].append(ok)
+            cached = r.evidence_s >= _oldest_cached_s(session)
+            hits["recall_in_cache" if cached else "recall_evicted"].append(ok)
+            host = session.store.host if session.store is not None else []
+            if not cached and host and r.evidence_s >= host[0].time_s:  # left the cache, still retrievable
+                hits["recall_offloaded"].append(ok)
         clashes = [r for r in pending if r.name in names]
         ambiguous += len(clashes)
         pending = [r for r in pending if r not in clashes]
         if recall_after > 0:
-            pending += _recalls(clip, clip_index, recall_after, offset)
+            pending += recall_questions(clip, clip_index, recall_after, offset)
         clip_index += 1
         qs = sorted((q for q in clip.questions if q.qtype in (camworld.QTYPES if adapter.has_audio
                                                               else camworld.VISUAL_QTYPES)), key=lambda q: q.frame)
@@ -178,4 +192,6 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                       counts={**{k: len(v) for k, v in hits.items()}, "recall_ambiguous": ambiguous,
                               "recall_after_clips": recall_after},
                       store={k: getattr(st, k) for k in ("evicted_blocks", "offloaded_blocks", "dropped_blocks",
-                                                         "retrieved_blocks")} if st else {})
+                                                         "retrieved_blocks")} if st else {},
+                      offload_precision=st.host_precision if st else "full",
+                      retrieval_score=session.retrieval_score, retrieval_positions=session.retrieval_positions)

@@ -13,6 +13,9 @@ Policies (a session setting):
 - `offload` (ReKV-style): it moves to a bounded host-side store (`offload_tokens`; the oldest offloaded blocks
   are dropped when it is full). At `ask()` the question's queries at a middle layer score every offloaded block
   (`retrieval.py`) and the best ones, up to `retrieve_tokens`, join the cache for that question only.
+  `host_precision="int8"` keeps offloaded blocks as int8 rows with a scale each (`kv_quant.py`): a block is only
+  read again if a question retrieves it, so it waits in a quarter of fp32's bytes and the same budget holds
+  several times the history.
 
 The capacity comes from the memory planner (`runtime/planner.py`: budget − weights − workspace, less the
 question's reserve) or is given directly; it bounds what the stream holds between questions. A question's own
@@ -23,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vlmedge.errors import InputError
+from vlmedge.runtime.kv_quant import HOST_PRECISIONS, Int8BlockKV
 from vlmedge.runtime.kv_tail import remove_span, take_span
 
 POLICIES = ("evict", "offload")
@@ -47,6 +51,7 @@ class TokenStore:
     retrieve_tokens: int = 0  # per-question retrieval bound (offload policy)
     focus: bool = False  # a question sees prefix + best blocks + the latest `local_blocks` (retrieval.focus)
     local_blocks: int = 2
+    host_precision: str = "full"  # offloaded blocks as the cache holds them, or "int8" (kv_quant.Int8BlockKV)
     blocks: list[Block] = field(default_factory=list)
     host: list[Block] = field(default_factory=list)
     evicted_blocks: int = 0  # blocks that left the cache (offloaded ones included)
@@ -67,6 +72,8 @@ class TokenStore:
         check(self.policy in POLICIES, f"eviction policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         check(self.policy != "offload" or (self.offload_tokens > 0 and self.retrieve_tokens > 0),
               "the offload policy needs offload_tokens (host store size) and retrieve_tokens (per question) > 0")
+        check(self.host_precision in HOST_PRECISIONS,
+              f"offload precision must be one of {', '.join(HOST_PRECISIONS)}, got {self.host_precision!r}")
 
     def reset(self) -> None:
         self.blocks.clear()
@@ -91,6 +98,8 @@ class TokenStore:
             end = victim.start + victim.length
             if self.policy == "offload":
                 victim.kv = take_span(cache, victim.start, end)
+                if self.host_precision == "int8":
+                    victim.kv = Int8BlockKV.from_pairs(victim.kv)
                 self.host.append(victim)
                 self.offloaded_blocks += 1
                 while sum(b.length for b in self.host) > self.offload_tokens:

@@ -22,8 +22,18 @@ def register(sub) -> None:
                    help="comma-separated: evict, offload (retrieved blocks join the cache for a question), focus "
                         "(offload; a question sees the prompt, the best blocks and the latest frames, laid end to end), "
                         "focus-original (focus with every block at its original positions) (default %(default)s)")
-    p.add_argument("--offload-tokens", type=int, default=8192)
+    p.add_argument("--offload-tokens", type=int, default=8192,
+                   help="tokens the offload store holds (its bytes count against the budget; default %(default)s)")
+    p.add_argument("--offload-precision", choices=["full", "int8"], default="full",
+                   help="offloaded blocks as the cache holds them, or int8 with a scale per row: about a quarter of "
+                        "fp32's bytes, so the same budget holds several times the history (default %(default)s)")
     p.add_argument("--retrieve-tokens", type=int, default=512)
+    p.add_argument("--retrieval-score", choices=["middle-layer", "all-heads"], default="middle-layer",
+                   help="how stored blocks are scored for a question: ReKV's mean over the middle layer's heads, or "
+                        "every head of every layer, each standardised over the candidates (default %(default)s)")
+    p.add_argument("--retrieval-positions", choices=["in-place", "adjacent"], default="in-place",
+                   help="score blocks where their keys are, or each as if it ended right before the question, so "
+                        "that RoPE distance does not decide (default %(default)s)")
     p.add_argument("--recall-after", type=int, default=8, metavar="CLIPS",
                    help="ask each clip's 'what color appeared just before the ...' again this many clips later, "
                         "when a small cache has dropped it (0: off; default %(default)s)")
@@ -49,7 +59,9 @@ def run(args) -> int:
                  memory_budget=args.memory_budget, max_stream_tokens=None if args.memory_budget else args.max_stream_tokens,
                  offload_tokens=args.offload_tokens if policy != "evict" else 0,
                  retrieve_tokens=args.retrieve_tokens if policy != "evict" else 0,
-                 recall_after=args.recall_after, progress=progress)
+                 recall_after=args.recall_after, offload_precision=args.offload_precision,
+                 retrieval_score=args.retrieval_score, retrieval_positions=args.retrieval_positions,
+                 progress=progress)
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
     print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
@@ -59,7 +71,11 @@ def run(args) -> int:
         g = r.growth(600, 3600)
         acc = r.accuracy
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        print(f"| {r.policy} | {r.fps:.1f} | {human(r.peak_tracked_bytes)} | {human(r.peak_rss_bytes)} | "
+        extras = [] if r.policy in ("evict", "unbounded") else [
+            v for v, default in ((f"{r.offload_precision} store", "full store"), (r.retrieval_score, "middle-layer"),
+                                 (r.retrieval_positions, "in-place")) if v != default]
+        label = r.policy + (f" ({', '.join(extras)})" if extras else "")
+        print(f"| {label} | {r.fps:.1f} | {human(r.peak_tracked_bytes)} | {human(r.peak_rss_bytes)} | "
               f"{human(r.budget_bytes) if r.budget_bytes else '–'} | {'–' if g is None else f'{g:+.1%}'} | "
               f"{fmt(acc['overall'])} | {fmt(acc['backward_in_cache'])} ({r.counts['backward_in_cache']}) | "
               f"{fmt(acc['backward_evicted'])} ({r.counts['backward_evicted']}) | "
