@@ -121,3 +121,23 @@ def test_export_then_demo_and_eval_on_onnxruntime(tmp_path):
     assert "overall" in res.stdout
     res = _run(sys.executable, "-m", "vlmedge", "eval", "--engine", out, "--seeds", "5+1")
     assert res.returncode == 2 and "training seed" in res.stderr
+
+
+def test_soak_and_eval_take_the_offload_store_settings(tmp_path):
+    out = tmp_path / "soak.json"
+    res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "48", "--max-stream-tokens", "100",
+               "--policies", "evict,focus", "--offload-tokens", "80", "--retrieve-tokens", "30",
+               "--offload-precision", "int8", "--retrieval-score", "all-heads", "--retrieval-positions", "adjacent",
+               "--recall-after", "1", "--json", str(out), timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "| evict |" in res.stdout and "| focus (int8 store, all-heads, adjacent) |" in res.stdout
+    evict, focus = json.loads(out.read_text())
+    assert (evict["offload_precision"], focus["offload_precision"]) == ("full", "int8")
+    assert (focus["retrieval_score"], focus["retrieval_positions"]) == ("all-heads", "adjacent")
+    assert focus["store"]["offloaded_blocks"] > 0 and evict["store"]["offloaded_blocks"] == 0
+    res = _run(sys.executable, "-m", "vlmedge", "eval", "--tiny", "--seeds", "1000000+1", "--max-stream-tokens",
+               "120", "--eviction", "offload", "--offload-tokens", "80", "--retrieve-tokens", "30",
+               "--offload-precision", "int8", timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "8", "--offload-precision", "fp4")
+    assert res.returncode == 2 and "--offload-precision" in res.stderr

@@ -20,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--eviction", choices=["evict", "offload"], default="evict",
                    help="what a bounded stream does with blocks that leave (default %(default)s)")
     p.add_argument("--offload-tokens", type=int, default=0, help="offload policy: host store size in tokens")
+    p.add_argument("--offload-precision", choices=["full", "int8"], default="full",
+                   help="offload policy: offloaded blocks as the cache holds them, or int8 (a quarter of fp32's "
+                        "bytes) (default %(default)s)")
     p.add_argument("--retrieve-tokens", type=int, default=0, help="offload policy: tokens retrieved per question")
     p.add_argument("--retrieval", choices=["append", "focus"], default="append",
                    help="offload policy: retrieved blocks join the cache (append) or a question sees only the prompt, "
@@ -48,7 +51,7 @@ def run(args) -> int:
                       max_stream_tokens=args.max_stream_tokens, standing_prompt=args.standing_prompt,
                       requery_frames=args.requery_frames, eviction=args.eviction,
                       offload_tokens=args.offload_tokens, retrieve_tokens=args.retrieve_tokens,
-                      retrieval=args.retrieval)
+                      retrieval=args.retrieval, offload_precision=args.offload_precision)
     print(report.table())
     if args.json:
         text = report.to_json(with_answers=args.answers)
