@@ -104,6 +104,48 @@ def plan_memory(budget_bytes: int, weights_bytes: int, workspace_bytes: int, kv_
                       tokens_per_frame=int(tokens_per_frame), frames=int(frames), min_budget_bytes=int(minimum))
 
 
+@dataclass(frozen=True)
+class OffloadSplit:
+    """How a plan's stream capacity divides between the live cache and a ReKV-style offload store."""
+
+    live_tokens: int  # what the token store holds in the cache (its capacity_tokens)
+    offload_tokens: int  # what the offload store holds
+    reserve_tokens: int  # the offload store's and the retrieval allowance's bytes, in live-cache tokens
+    host_bytes_per_token: float
+    frames_live: int
+    frames_total: int  # live + offloaded frames: how far back a question can reach
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        return [("live KV", f"{self.live_tokens:,} tokens", "the token store's capacity, after the reserve"),
+                ("offload store", f"{self.offload_tokens:,} tokens",
+                 f"{self.host_bytes_per_token:,.0f} B each, in the budget"),
+                ("history held", f"{self.frames_total:,} frames", f"{self.frames_live:,} of them live")]
+
+
+def offload_split(plan: MemoryPlan, offload_tokens: int, retrieve_tokens: int, precision: str,
+                  head_dim: int) -> OffloadSplit:
+    """The live/offloaded division of `plan` for an offload store of `offload_tokens` at `precision` ("full" or
+    "int8", see kv_quant.py) and a per-question retrieval allowance; InputError when nothing is left live."""
+    import math
+
+    from vlmedge.runtime.kv_quant import host_bytes_per_token
+
+    if offload_tokens < 1 or retrieve_tokens < 1:
+        raise InputError("the offload policy needs offload_tokens (host store size) and retrieve_tokens (per question) "
+                         "> 0")
+    host = host_bytes_per_token(plan.kv_bytes_per_token, ELEMENT_BYTES[plan.kv_precision], head_dim, precision)
+    reserve = int(retrieve_tokens) + math.ceil(offload_tokens * host / plan.kv_bytes_per_token)
+    live = plan.capacity_tokens - plan.question_tokens - reserve
+    if live < plan.prompt_tokens + plan.tokens_per_frame:
+        raise InputError(f"a {human(plan.budget_bytes)} budget leaves {live} live tokens beside an offload store of "
+                         f"{offload_tokens:,} {precision} tokens; shrink the store, use --offload-precision int8, or "
+                         "raise the budget")
+    frames_live = (live - plan.prompt_tokens) // plan.tokens_per_frame
+    return OffloadSplit(live_tokens=int(live), offload_tokens=int(offload_tokens), reserve_tokens=int(reserve),
+                        host_bytes_per_token=host, frames_live=int(frames_live),
+                        frames_total=int(frames_live + offload_tokens // plan.tokens_per_frame))
+
+
 def weights_bytes(adapter) -> int:
     """Every parameter and buffer the model holds (shared tensors once)."""
     seen, total = set(), 0
@@ -185,4 +227,5 @@ def plan_for(adapter, method, budget_bytes: int, kv_precision: str | None = None
                        per_token, tpf, prompt, kv_precision=prec)
 
 
-__all__ = ["MemoryPlan", "parse_bytes", "plan_memory", "plan_for", "weights_bytes", "probe", "human"]
+__all__ = ["MemoryPlan", "OffloadSplit", "offload_split", "parse_bytes", "plan_memory", "plan_for", "weights_bytes",
+           "probe", "human"]

@@ -85,9 +85,13 @@ class StreamingSession(WindowedStream, RequeryStream):
                          else plan_for(adapter, self.method, parse_bytes(memory_budget)))
             # a question's extra tokens come out of the budget too: re-selected frames, retrieved blocks
             # and so does the offload store: on a Jetson host and device memory are the same memory
-            reserve = (self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0) + (
-                int(retrieve_tokens) + self._offload_reserve(int(offload_tokens), offload_precision)
-                if eviction == "offload" else 0)
+            reserve = self.requery_frames * self.plan.tokens_per_frame if self.query_conditioned else 0
+            if eviction == "offload":
+                from vlmedge.models.base import kv_shape
+                from vlmedge.runtime.planner import offload_split
+
+                reserve += offload_split(self.plan, int(offload_tokens), int(retrieve_tokens), offload_precision,
+                                         kv_shape(adapter.text_config)[2]).reserve_tokens
             max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
             if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
                 raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "
@@ -292,19 +296,6 @@ class StreamingSession(WindowedStream, RequeryStream):
             self._segments = [g for g in self._segments if g.start >= end]
             for g in self._segments:
                 g.start -= b.length
-
-    def _offload_reserve(self, offload_tokens: int, precision: str) -> int:
-        """The offload store's bytes in live-cache tokens: int8 blocks take fewer bytes than the tokens they hold."""
-        import math
-
-        from vlmedge.models.base import kv_shape
-        from vlmedge.runtime.kv_quant import host_bytes_per_token
-        from vlmedge.runtime.planner import ELEMENT_BYTES
-
-        per = self.plan.kv_bytes_per_token
-        host = host_bytes_per_token(per, ELEMENT_BYTES[self.plan.kv_precision], kv_shape(self.adapter.text_config)[2],
-                                    precision)
-        return math.ceil(offload_tokens * host / per)
 
     def _stored(self, start: int, kind: str, time_s: float) -> None:
         if self.store is not None:

@@ -42,6 +42,25 @@ def test_capacity_matches_hand_computation():
     assert "1,587" in p.table()
 
 
+def test_an_offload_store_splits_the_capacity_as_computed_by_hand():
+    from vlmedge.runtime.planner import offload_split
+
+    # LLaVA-OneVision-0.5B fp16 (12,288 B/token, head_dim 64) from above: 313,221 tokens, 197 per frame.
+    p = plan_memory(6 * GiB, 1_788_280_832, 768 * MiB, 12_288, 197, 512, kv_precision="fp16")
+    # int8 rows: 12,288 / 2 elements x (1 + 2/64) = 6,336 B per offloaded token; 100,000 of them cost
+    # ceil(100,000 x 6,336 / 12,288) = 51,563 live tokens, plus 1,024 retrieved: 313,221 - 64 - 52,587 = 260,570
+    s = offload_split(p, 100_000, 1_024, "int8", 64)
+    assert (s.host_bytes_per_token, s.reserve_tokens, s.live_tokens) == (6_336, 52_587, 260_570)
+    # (260,570 - 512) // 197 = 1,320 frames live, + 100,000 // 197 = 507 offloaded
+    assert (s.frames_live, s.frames_total) == (1_320, 1_827)
+    full = offload_split(p, 100_000, 1_024, "full", 64)
+    assert (full.reserve_tokens, full.live_tokens) == (101_024, 212_133)
+    with pytest.raises(InputError, match="leaves .* live tokens beside an offload store"):
+        offload_split(p, 400_000, 1_024, "full", 64)
+    with pytest.raises(InputError, match="offload_tokens"):
+        offload_split(p, 0, 1_024, "int8", 64)
+
+
 def test_too_small_a_budget_names_the_minimum():
     with pytest.raises(InputError, match=r"need at least 16.48 GiB \(17,694,832,640 bytes\)"):
         plan_memory(2 * GiB, 16_584_333_312, GiB, 57_344, 65, 512)
@@ -113,6 +132,10 @@ def test_plan_command(capsys):
 
     assert main(["plan", "--tiny", "--method", "uniform:ratio=0.25", "--memory-budget", "64MiB"]) == 0
     assert "frames held" in capsys.readouterr().out
+    assert main(["plan", "--tiny", "--method", "uniform:ratio=0.25", "--memory-budget", "64MiB", "--offload-tokens",
+                 "2000", "--offload-precision", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "offload store" in out and "2,000 tokens" in out and "history held" in out
     assert main(["plan", "--tiny", "--memory-budget", "100KiB"]) == 2  # less than the weights alone
     assert "need at least" in capsys.readouterr().err
     assert main(["plan", "--tiny"]) == 2

@@ -18,6 +18,14 @@ def register(sub) -> None:
     p.add_argument("--target", help="a Jetson profile or target (orin-nano, orin-nx-16gb, ...) for its default budget")
     p.add_argument("--kv-precision", choices=["fp32", "fp16", "bf16", "fp8", "int8"],
                    help="KV-cache element type (default: the model's dtype)")
+    p.add_argument("--offload-tokens", type=int,
+                   help="with an offload store of this many tokens (eviction='offload'): how the budget splits "
+                        "between live KV and the store, and how many frames of history both hold")
+    p.add_argument("--offload-precision", choices=["full", "int8"], default="full",
+                   help="offloaded blocks as the cache holds them, or int8 (default %(default)s)")
+    p.add_argument("--retrieve-tokens", type=int, default=256,
+                   help="tokens a question may bring back from the store, reserved in the budget (default "
+                        "%(default)s)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
@@ -43,9 +51,24 @@ def run(args) -> int:
                          "in manifest.json)")
     adapter, name = load_model(args)
     plan = plan_for(adapter, args.method, budget, kv_precision=args.kv_precision)
+    split = None
+    if args.offload_tokens is not None:
+        from dataclasses import asdict
+
+        from vlmedge.models.base import kv_shape
+        from vlmedge.runtime.planner import offload_split
+
+        split = offload_split(plan, args.offload_tokens, args.retrieve_tokens, args.offload_precision,
+                              kv_shape(adapter.text_config)[2])
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps({**plan.to_dict(), **({"offload": asdict(split)} if split else {})}, indent=2))
     else:
         print(f"{name}, method {args.method}")
         print(plan.table())
+        if split:
+            print(f"with an offload store ({args.offload_precision}; {args.retrieve_tokens} tokens retrieved per "
+                  "question):")
+            w = max(len(r[0]) for r in split.rows())
+            for a, b, c in split.rows():
+                print(f"  {a:<{w}}  {b:>16}  {c}")
     return 0
