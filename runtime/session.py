@@ -302,11 +302,12 @@ class StreamingSession(WindowedStream, RequeryStream):
             self.store.add(start, self.cache.get_seq_length() - start, kind, time_s, span=self._span)
         self._span = None
 
-    def _retrieve(self, question: str, pos, may_focus: bool = True):
+    def _retrieve(self, question: str, pos, may_focus: bool = True, time_range=None):
         """Offload policy: the offloaded blocks that best match `question` join the cache for this question only
         (the caller crops them away with it); with `retrieval="focus"` the question's cache is narrowed instead and
         the returned function restores it. Returns (blocks retrieved from the host, their tokens, restore or None).
-        GlimpsePrune's fused prefill does not retrieve."""
+        GlimpsePrune's fused prefill does not retrieve. `time_range` (focus only): the blocks of that span of stream
+        time instead of the best-scoring ones and the latest frames (`ask`)."""
         store = self.store
         if store is None or store.policy != "offload" or not (store.host or store.focus):
             return 0, 0, None
@@ -319,11 +320,18 @@ class StreamingSession(WindowedStream, RequeryStream):
         if store.focus and may_focus and live:
             local = live[max(0, len(live) - store.local_blocks):]
             older = live[:len(live) - len(local)]
-            host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos, live=older,
-                                                    heads=RETRIEVAL_SCORES[self.retrieval_score],
-                                                    adjacent=self.retrieval_positions == "adjacent")
-            entries = store.host + older
-            picked = choose(entries, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
+            if time_range is not None:
+                picked, local = self._in_range(store.host + live, time_range, store.retrieve_tokens), []
+                if not picked:
+                    held = store.host + live
+                    raise InputError(f"no frame the stream still holds lies in {time_range[0]:g}-{time_range[1]:g} s "
+                                     f"(held: {held[0].time_s:g}-{held[-1].time_s:g} s); ask about a span inside "
+                                     "that, or keep more history (offload_tokens, offload_precision='int8')")
+            else:
+                host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos,
+                                                        live=older, heads=RETRIEVAL_SCORES[self.retrieval_score],
+                                                        adjacent=self.retrieval_positions == "adjacent")
+                picked = choose(store.host + older, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
             host_ids = {id(b) for b in store.host}
             chosen = sorted(picked + local, key=lambda b: b.time_s)
             shifts = self._compact_shifts(chosen, pos) if self.focus_positions == "compact" else None
@@ -343,6 +351,19 @@ class StreamingSession(WindowedStream, RequeryStream):
             append_kv(self.cache, b.kv)
         store.retrieved_blocks += len(chosen)
         return len(chosen), sum(b.length for b in chosen), None
+
+    @staticmethod
+    def _in_range(blocks, time_range, allowance: int) -> list:
+        """The blocks whose time lies in `time_range` (inclusive), the latest ones first when they do not all fit
+        `allowance`, returned in time order."""
+        t0, t1 = time_range
+        inside = [b for b in blocks if t0 - 1e-6 <= b.time_s <= t1 + 1e-6]
+        kept, used = [], 0
+        for b in sorted(inside, key=lambda b: b.time_s, reverse=True):
+            if used + b.length <= allowance:
+                kept.append(b)
+                used += b.length
+        return sorted(kept, key=lambda b: b.time_s)
 
     def _compact_shifts(self, chosen, pos) -> list[int] | None:
         """Position shifts that lay the focused blocks end to end right after the sinks, and the question after
@@ -384,10 +405,29 @@ class StreamingSession(WindowedStream, RequeryStream):
 
     # ----- questions -----
     @torch.no_grad()
-    def ask(self, question: str, max_new_tokens: int | None = None, stop: tuple[str, ...] | None = None) -> Answer:
-        """Greedy answer to `question` about everything the stream holds; the stream is left unchanged."""
+    def ask(self, question: str, max_new_tokens: int | None = None, stop: tuple[str, ...] | None = None,
+            time_range: tuple[float, float] | None = None) -> Answer:
+        """Greedy answer to `question` about everything the stream holds; the stream is left unchanged.
+        `time_range=(t0, t1)` (seconds of stream time; a session with `retrieval="focus"`): answer from the frames
+        of that span only, live or offloaded, up to `retrieve_tokens` of them (the latest first), e.g. "what
+        happened at 10:32?" once 10:32 has left the cache."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("a question must be a non-empty string")
+        if time_range is not None:
+            if self.store is None or not self.store.focus:
+                raise InputError("time_range needs a bounded stream with retrieval='focus' (an offload store)")
+            try:
+                t0, t1 = (float(t) for t in time_range)
+            except (TypeError, ValueError):
+                raise InputError(f"time_range must be (start_s, end_s), got {time_range!r}") from None
+            if not t0 <= t1:
+                raise InputError(f"time_range must start before it ends, got {time_range!r}")
+            if self.prunes_in_llm or self.query_conditioned:
+                raise InputError(f"time_range is not supported with method {self.method.name!r}, which re-selects "
+                                 "tokens per question; use a method without a query")
+            if len(self.store.blocks) <= self.store.sink_blocks:
+                raise InputError("time_range: the stream holds no frames beyond its sink frames yet")
+            time_range = (t0, t1)
         max_new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if max_new < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new}")
@@ -431,7 +471,8 @@ class StreamingSession(WindowedStream, RequeryStream):
                 cut_to(self.cache, start)
                 self._append(embeds, ids)
                 conditioned = self.cache.get_seq_length()
-            got = self._retrieve(question.strip(), pos, may_focus=restore is None) if logits is None else (0, 0, None)
+            got = (self._retrieve(question.strip(), pos, may_focus=restore is None, time_range=time_range)
+                   if logits is None else (0, 0, None))
             retrieved = got[:2]
             if got[2] is not None:  # a focused question: the cache is narrowed until the answer is done
                 restore = got[2]

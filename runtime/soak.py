@@ -13,7 +13,9 @@ recall question is dropped (counted as ambiguous) when the object it names shows
 truth stays the clip's own (its most recent arrival). Every such question the clip supports is used, not only the
 balanced sample it asks. Each is scored by whether the evidence frames were still in the live cache
 (`recall_in_cache` / `recall_evicted`), and the evicted ones again if they were still in the offload store
-(`recall_offloaded`); `recall` is all of them, the same set under every policy.
+(`recall_offloaded`); `recall` is all of them, the same set under every policy. Under `focus` each one still held
+is asked a second time from exactly its evidence frames (`ask(time_range=...)`, `recall_given_evidence`): the
+answer perfect retrieval would give, which separates what retrieval misses from what the model cannot read.
 """
 from __future__ import annotations
 
@@ -128,7 +130,8 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                                offload_precision=offload_precision if policy != "evict" else "full",
                                retrieval_score=retrieval_score, retrieval_positions=retrieval_positions)
     hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": [], "recall": [],
-                                    "recall_in_cache": [], "recall_evicted": [], "recall_offloaded": []}
+                                    "recall_in_cache": [], "recall_evicted": [], "recall_offloaded": [],
+                                    "recall_given_evidence": []}
     samples, peak_tracked, peak_rss = [], 0, 0
     t_wall, offset, done, seed, next_sample = time.perf_counter(), 0.0, 0, seed_start, 0.0
     pending: list[_Recall] = []
@@ -147,6 +150,10 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
             host = session.store.host if session.store is not None else []
             if not cached and host and r.evidence_s >= host[0].time_s:  # left the cache, still retrievable
                 hits["recall_offloaded"].append(ok)
+            if focused and (cached or host and r.evidence_s >= host[0].time_s):
+                # the same question answered from exactly its evidence frames: what perfect retrieval would give
+                ans = session.ask(r.question.text, time_range=(r.evidence_s, r.evidence_end_s))
+                hits["recall_given_evidence"].append(float(ans.text.split()[:1] == [r.question.answer]))
         clashes = [r for r in pending if r.name in names]
         ambiguous += len(clashes)
         pending = [r for r in pending if r not in clashes]

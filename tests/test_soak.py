@@ -31,6 +31,8 @@ def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     assert c["recall_evicted"] == c["recall"] and c["recall_after_clips"] == 3
     # only an offload store keeps evicted evidence retrievable (80 tokens: about the last two clips)
     assert c["recall_offloaded"] == 0 if policy == "evict" else 0 <= c["recall_offloaded"] <= c["recall_evicted"]
+    # under focus, each recall question still held is asked again from exactly its evidence frames
+    assert c["recall_given_evidence"] == (c["recall_offloaded"] + c["recall_in_cache"] if policy == "focus" else 0)
 
 
 def test_recall_questions_name_an_object_unique_in_their_clip():

@@ -301,3 +301,34 @@ def test_a_focused_question_with_compact_positions_equals_a_stream_of_just_what_
     assert not torch.allclose(original.ask(Q, max_new_tokens=1).logits[0], expected.logits[0], atol=1e-4)
     with pytest.raises(InputError, match="focus_positions"):
         StreamingSession(a, "none", focus_positions="packed")
+
+
+def test_a_question_about_a_time_range_sees_exactly_its_frames(tiny_adapters):
+    a = tiny_adapters["llava_onevision"]
+    s = StreamingSession(a, "uniform:ratio=0.5", max_stream_tokens=40, eviction="offload", offload_tokens=42,
+                         retrieve_tokens=21, retrieval="focus", keep_logits=True)
+    for i, f in enumerate(make_frames(10, seed=7)):
+        s.push_frame(f, time_s=float(i))
+    st = s.store
+    assert st.host and st.host[0].time_s <= 2.0  # frames 2-4 have left the cache: offloaded
+    before, n = _kv(s), s.stream_tokens
+    prefix = st.blocks[st.sink_blocks].start
+    ans = s.ask(Q, max_new_tokens=1, time_range=(2, 4))
+    assert ans.stream_tokens == prefix + 3 * 7 and ans.retrieved_blocks == 3  # frames 2, 3, 4, no latest frames
+    assert s.ask(Q, max_new_tokens=1, time_range=(1.5, 6)).stream_tokens == prefix + 21  # the latest 3 that fit
+    # the answer is the one a focus on exactly those blocks gives, and differs from the scored focus
+    scored = s.ask(Q, max_new_tokens=1)
+    assert scored.stream_tokens == prefix + 21 + 2 * 7
+    assert s.stream_tokens == n
+    for (k0, v0), (k1, v1) in zip(before, _kv(s)):  # the stream's cache is back, untouched
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    with pytest.raises(InputError, match="no frame the stream still holds lies in 20-30 s"):
+        s.ask(Q, time_range=(20, 30))
+    with pytest.raises(InputError, match="start before it ends"):
+        s.ask(Q, time_range=(4, 2))
+    with pytest.raises(InputError, match=r"time_range must be \(start_s, end_s\)"):
+        s.ask(Q, time_range="2-4")
+    plain = StreamingSession(a, "none", max_stream_tokens=60)
+    plain.push_frame(make_frames(1)[0], time_s=0.0)
+    with pytest.raises(InputError, match="retrieval='focus'"):
+        plain.ask(Q, time_range=(0, 1))

@@ -65,8 +65,9 @@ def run(args) -> int:
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
     print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
-          "(cached) | backward (evicted) | recall (all) | recall (cached) | recall (evicted) | evicted | retrieved |")
-    print("|" + "---|" * 14)
+          "(cached) | backward (evicted) | recall (all) | recall (cached) | recall (evicted) | recall (given evidence) "
+          "| evicted | retrieved |")
+    print("|" + "---|" * 15)
     for r in reports:
         g = r.growth(600, 3600)
         acc = r.accuracy
@@ -81,6 +82,7 @@ def run(args) -> int:
               f"{fmt(acc['backward_evicted'])} ({r.counts['backward_evicted']}) | "
               f"{fmt(acc['recall'])} ({r.counts['recall']}) | {fmt(acc['recall_in_cache'])} "
               f"({r.counts['recall_in_cache']}) | {fmt(acc['recall_evicted'])} ({r.counts['recall_evicted']}) | "
+              f"{fmt(acc['recall_given_evidence'])} ({r.counts['recall_given_evidence']}) | "
               f"{r.store.get('evicted_blocks', 0)} | {r.store.get('retrieved_blocks', 0)} |")
     if args.json:
         with open(args.json, "w") as f:
