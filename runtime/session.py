@@ -414,8 +414,8 @@ class StreamingSession(WindowedStream, RequeryStream):
         if not isinstance(question, str) or not question.strip():
             raise InputError("a question must be a non-empty string")
         if time_range is not None:
-            if self.store is None or not self.store.focus:
-                raise InputError("time_range needs a bounded stream with retrieval='focus' (an offload store)")
+            if self.store is None or not self.store.focus or self.store.policy != "offload":
+                raise InputError("time_range needs a bounded stream with eviction='offload' and retrieval='focus'")
             try:
                 t0, t1 = (float(t) for t in time_range)
             except (TypeError, ValueError):

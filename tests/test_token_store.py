@@ -328,7 +328,8 @@ def test_a_question_about_a_time_range_sees_exactly_its_frames(tiny_adapters):
         s.ask(Q, time_range=(4, 2))
     with pytest.raises(InputError, match=r"time_range must be \(start_s, end_s\)"):
         s.ask(Q, time_range="2-4")
-    plain = StreamingSession(a, "none", max_stream_tokens=60)
-    plain.push_frame(make_frames(1)[0], time_s=0.0)
-    with pytest.raises(InputError, match="retrieval='focus'"):
-        plain.ask(Q, time_range=(0, 1))
+    for kw in ({}, {"retrieval": "focus"}):  # plain eviction keeps nothing to focus on
+        plain = StreamingSession(a, "none", max_stream_tokens=60, **kw)
+        plain.push_frame(make_frames(1)[0], time_s=0.0)
+        with pytest.raises(InputError, match="eviction='offload' and retrieval='focus'"):
+            plain.ask(Q, time_range=(0, 1))
