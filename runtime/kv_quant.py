@@ -61,7 +61,7 @@ class Int8BlockKV:
         return len(self.keys)
 
     def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (dequantize_rows(*self.keys[layer], self.dtype), dequantize_rows(*self.values[layer], self.dtype))
+        return self.key(layer), dequantize_rows(*self.values[layer], self.dtype)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

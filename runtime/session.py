@@ -355,15 +355,12 @@ class StreamingSession(WindowedStream, RequeryStream):
     @staticmethod
     def _in_range(blocks, time_range, allowance: int) -> list:
         """The blocks whose time lies in `time_range` (inclusive), the latest ones first when they do not all fit
-        `allowance`, returned in time order."""
+        `allowance` (`retrieval.choose` with time as the score), returned in time order."""
+        from vlmedge.runtime.retrieval import choose
+
         t0, t1 = time_range
         inside = [b for b in blocks if t0 - 1e-6 <= b.time_s <= t1 + 1e-6]
-        kept, used = [], 0
-        for b in sorted(inside, key=lambda b: b.time_s, reverse=True):
-            if used + b.length <= allowance:
-                kept.append(b)
-                used += b.length
-        return sorted(kept, key=lambda b: b.time_s)
+        return choose(inside, torch.tensor([b.time_s for b in inside], dtype=torch.float64), allowance)
 
     def _compact_shifts(self, chosen, pos) -> list[int] | None:
         """Position shifts that lay the focused blocks end to end right after the sinks, and the question after
