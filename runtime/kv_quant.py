@@ -57,11 +57,14 @@ class Int8BlockKV:
     def key(self, layer: int) -> torch.Tensor:
         return dequantize_rows(*self.keys[layer], self.dtype)
 
+    def value(self, layer: int) -> torch.Tensor:
+        return dequantize_rows(*self.values[layer], self.dtype)
+
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.key(layer), dequantize_rows(*self.values[layer], self.dtype)
+        return self.key(layer), self.value(layer)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))

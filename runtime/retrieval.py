@@ -20,7 +20,13 @@ retrieves, chance 0.04):
   with `adjacent`, 0.32 ten clips back and 0.26 four clips back, against 0.18 and 0.20 for the middle layer's
   plain mean.
 Neither moves the soak's answers on this 4-layer model (docs/bench/soak.md): retrieval still misses the evidence
-two times in three, and given the exact evidence clip the model answers 0.47; so ReKV's score stays the default.
+two times in three, and given the exact evidence clip the model answers 0.47.
+- `learned` (runtime/retrieval_scorer.py, trained per model with `vlmedge train-retrieval`): a probe on every
+  block's cached values against the question's embeddings. The model's attention does not look things up across
+  a long stream, but its values say what a frame shows. It is the only score here that finds the evidence
+  (docs/bench/soak.md); ReKV's stays the default because it needs nothing trained.
+`choose(..., before=N)` (session `retrieval_context`) brings each retrieved block's N predecessors: a frame that
+shows what the question names comes after what led up to it.
 """
 from __future__ import annotations
 
@@ -30,12 +36,26 @@ from vlmedge.models.layer_runner import LayerRunner, _rotate_half
 from vlmedge.runtime.kv_tail import cut_layers_to
 
 
-RETRIEVAL_SCORES = {"middle-layer": "middle", "all-heads": "all"}  # session setting -> score_blocks(heads=)
+RETRIEVAL_SCORES = {"middle-layer": "middle", "all-heads": "all", "learned": "learned"}  # -> score_blocks(heads=)
 
 
 def block_keys(kv, layer: int):
     """An offloaded block's keys at `layer` (full-precision pairs or `kv_quant.Int8BlockKV`)."""
     return kv.key(layer) if hasattr(kv, "key") else kv[layer][0]
+
+
+def block_values(kv, layer: int):
+    """An offloaded block's values at `layer`."""
+    return kv.value(layer) if hasattr(kv, "value") else kv[layer][1]
+
+
+def learned_scores(scorer, cache, blocks, embeds: torch.Tensor, live=()) -> torch.Tensor:
+    """`retrieval_scorer.RetrievalScorer`'s score for each offloaded then each live block: it reads their cached
+    values at its layers and the question's input embeddings, and runs nothing through the LLM."""
+    layers = scorer.cfg.layers
+    views = [{m: block_values(b.kv, m) for m in layers} for b in blocks]
+    views += [{m: cache.layers[m].values[:, :, b.start:b.start + b.length] for m in layers} for b in live]
+    return scorer.score(embeds, views)
 
 
 def _adjacent_deltas(cands, q_start: int, on: bool) -> list[int]:
@@ -108,18 +128,22 @@ def combine_heads(table: torch.Tensor) -> torch.Tensor:
 
 
 def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor, layer: int | None = None,
-                 live=None, heads="middle", adjacent: bool = False):
+                 live=None, heads="middle", adjacent: bool = False, scorer=None):
     """One score per offloaded block for the question tokens `embeds [n, D]` at `ids [P, n]`; with `live` (a list
     of blocks still in the cache, by their `start`/`length`; may be empty), `(offloaded scores, live scores)`.
 
     `heads`: "middle" (default) the plain mean over the heads of `layer` (default the middle one), ReKV's score;
     "all" every head of every layer, or a list of (layer, head) pairs, combined by `combine_heads` over offloaded
-    and live candidates together. `adjacent`: every block scored as if it ended where the question starts
-    (`_adjacent_deltas`); False (default) scores keys where they are."""
+    and live candidates together; "learned" the trained `scorer` (`learned_scores`). `adjacent`: every block scored
+    as if it ended where the question starts (`_adjacent_deltas`); False (default) scores keys where they are."""
     if not blocks and not live:
         return torch.zeros(0) if live is None else (torch.zeros(0), torch.zeros(0))
     n_layers, n_heads = adapter.text_config.num_hidden_layers, adapter.text_config.num_attention_heads
-    if heads == "middle":
+    if heads == "learned":
+        if scorer is None:
+            raise ValueError("heads='learned' needs the trained scorer")
+        scores = learned_scores(scorer, cache, blocks, embeds, live or ())
+    elif heads == "middle":
         m = n_layers // 2 if layer is None else layer
         scores = head_scores(adapter, cache, blocks, embeds, ids, [(m, h) for h in range(n_heads)], live or (),
                              adjacent).mean(1)
@@ -130,14 +154,24 @@ def score_blocks(adapter, cache, blocks, embeds: torch.Tensor, ids: torch.Tensor
     return scores if live is None else (scores[:len(blocks)], scores[len(blocks):])
 
 
-def choose(blocks, scores: torch.Tensor, allowance: int) -> list:
+def choose(blocks, scores: torch.Tensor, allowance: int, before: int = 0) -> list:
     """Best-scoring blocks whose lengths fit `allowance`, returned in time order (a focused question passes live
-    and offloaded blocks together, so they compete for the allowance)."""
-    chosen, used = [], 0
+    and offloaded blocks together, so they compete for the allowance). `before` > 0: each block taken also brings
+    up to `before` candidates just before it in time, nearest first, while they fit. A block that matches what a
+    question names shows the thing once it is there; a backward-tracing question ("what appeared just before the
+    red square ?") asks about what led up to it, which only the frames before hold."""
+    order = sorted(range(len(blocks)), key=lambda i: blocks[i].time_s)
+    rank = {i: r for r, i in enumerate(order)}
+    chosen, used = set(), 0
     for i in torch.argsort(scores, descending=True, stable=True).tolist():
-        if used + blocks[i].length <= allowance:
-            chosen.append(i)
-            used += blocks[i].length
+        if i in chosen or used + blocks[i].length > allowance:
+            continue
+        chosen.add(i)
+        used += blocks[i].length
+        for j in reversed(order[max(0, rank[i] - before):rank[i]]):
+            if j not in chosen and used + blocks[j].length <= allowance:
+                chosen.add(j)
+                used += blocks[j].length
     return [blocks[i] for i in sorted(chosen)]
 
 

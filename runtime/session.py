@@ -40,7 +40,8 @@ class StreamingSession(WindowedStream, RequeryStream):
                  memory_budget: int | str | None = None, max_stream_tokens: int | None = None, sink_frames: int = 1,
                  eviction: str = "evict", offload_tokens: int = 0, retrieve_tokens: int = 0,
                  retrieval: str = "append", focus_positions: str = "compact", offload_precision: str = "full",
-                 retrieval_score: str = "middle-layer", retrieval_positions: str = "in-place"):
+                 retrieval_score: str = "middle-layer", retrieval_positions: str = "in-place",
+                 retrieval_context: int = 0):
         """`memory_budget` (bytes, "6GiB", or a `MemoryPlan`) plans the stream's KV capacity (runtime/planner.py) and bounds the
         stream with a token store (runtime/token_store.py); `max_stream_tokens` sets that capacity directly.
         Without either the stream grows with every frame. `eviction` ("evict" or "offload"), `offload_tokens` and
@@ -51,9 +52,11 @@ class StreamingSession(WindowedStream, RequeryStream):
         the sinks (their keys re-rotated) and asks the question right after them, "original" leaves every position
         where it was. `offload_precision` "int8" holds offloaded blocks as int8 (runtime/kv_quant.py; the budget
         counts their real bytes). `retrieval_score`: "middle-layer" (ReKV's mean over the middle layer's heads)
-        or "all-heads" (every head of every layer votes, each standardised); `retrieval_positions`: "in-place"
+        or "all-heads" (every head of every layer votes, each standardised) or "learned" (the score trained for the
+        model, `vlmedge train-retrieval`; runtime/retrieval_scorer.py); `retrieval_positions`: "in-place"
         (blocks scored where their keys are) or "adjacent" (each scored as if right before the question, so
-        distance does not decide); runtime/retrieval.py."""
+        distance does not decide); `retrieval_context`: each retrieved block brings that many blocks before it
+        (`retrieval.choose`); runtime/retrieval.py."""
         if sample_fps is not None and sample_fps <= 0:
             raise InputError(f"sample_fps must be positive (frames per second), got {sample_fps}")
         if not isinstance(requery_frames, int) or requery_frames < 0:
@@ -75,6 +78,9 @@ class StreamingSession(WindowedStream, RequeryStream):
         self._standing_query = (self._query_embedding(self.standing_prompt)
                                 if self.query_conditioned and self.standing_prompt else None)
         self.window_s = self.method.window_length(adapter)
+        if retrieval_score not in RETRIEVAL_SCORES:
+            raise InputError(f"retrieval_score must be one of {', '.join(RETRIEVAL_SCORES)}, got {retrieval_score!r}")
+        self.scorer = self._load_scorer(adapter) if retrieval_score == "learned" and eviction == "offload" else None
         self.plan = None
         if memory_budget is not None and max_stream_tokens is not None:
             raise InputError("give memory_budget or max_stream_tokens, not both")
@@ -92,6 +98,8 @@ class StreamingSession(WindowedStream, RequeryStream):
 
                 reserve += offload_split(self.plan, int(offload_tokens), int(retrieve_tokens), offload_precision,
                                          kv_shape(adapter.text_config)[2]).reserve_tokens
+                if self.scorer is not None:  # its weights live beside the model's, inside the same budget
+                    reserve += -(-self._scorer_bytes() // self.plan.kv_bytes_per_token)
             max_stream_tokens = self.plan.capacity_tokens - self.plan.question_tokens - reserve
             if max_stream_tokens < self.plan.prompt_tokens + self.plan.tokens_per_frame:
                 raise InputError(f"a {memory_budget} budget leaves {max_stream_tokens} stream tokens once the "
@@ -109,11 +117,12 @@ class StreamingSession(WindowedStream, RequeryStream):
         self.store = (TokenStore(int(max_stream_tokens), sink_frames, eviction, int(offload_tokens),
                                  int(retrieve_tokens), focus=retrieval == "focus", host_precision=offload_precision)
                       if max_stream_tokens is not None else None)
-        if retrieval_score not in RETRIEVAL_SCORES:
-            raise InputError(f"retrieval_score must be one of {', '.join(RETRIEVAL_SCORES)}, got {retrieval_score!r}")
         if retrieval_positions not in ("in-place", "adjacent"):
             raise InputError(f"retrieval_positions must be 'in-place' or 'adjacent', got {retrieval_positions!r}")
+        if not isinstance(retrieval_context, int) or retrieval_context < 0:
+            raise InputError(f"retrieval_context must be a block count >= 0, got {retrieval_context!r}")
         self.retrieval_score, self.retrieval_positions = retrieval_score, retrieval_positions
+        self.retrieval_context = retrieval_context
         self._reported = (0, 0)  # store counters at the last question
         self._weights_bytes: int | None = None
         if self.query_conditioned and self.window_s is not None:
@@ -297,6 +306,23 @@ class StreamingSession(WindowedStream, RequeryStream):
             for g in self._segments:
                 g.start -= b.length
 
+    @staticmethod
+    def _load_scorer(adapter):
+        """The model's trained retrieval score (`retrieval_score="learned"`, runtime/retrieval_scorer.py)."""
+        from vlmedge.runtime.retrieval_scorer import RetrievalScorer
+
+        model_dir = getattr(adapter, "model_dir", None)
+        if not model_dir:
+            raise InputError("retrieval_score='learned' reads the score trained for the model from <model>/retrieval/; "
+                             "this model has no folder (train one with `vlmedge train-retrieval --out DIR` and load "
+                             "the model from DIR)")
+        return RetrievalScorer.load(model_dir, adapter)
+
+    def _scorer_bytes(self) -> int:
+        from vlmedge.runtime.planner import tensor_bytes
+
+        return tensor_bytes(list(self.scorer.state_dict().values())) if self.scorer is not None else 0
+
     def _stored(self, start: int, kind: str, time_s: float) -> None:
         if self.store is not None:
             self.store.add(start, self.cache.get_seq_length() - start, kind, time_s, span=self._span)
@@ -330,8 +356,10 @@ class StreamingSession(WindowedStream, RequeryStream):
             else:
                 host_scores, live_scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos,
                                                         live=older, heads=RETRIEVAL_SCORES[self.retrieval_score],
-                                                        adjacent=self.retrieval_positions == "adjacent")
-                picked = choose(store.host + older, torch.cat([host_scores, live_scores]), store.retrieve_tokens)
+                                                        adjacent=self.retrieval_positions == "adjacent",
+                                                        scorer=self.scorer)
+                picked = choose(store.host + older, torch.cat([host_scores, live_scores]), store.retrieve_tokens,
+                                before=self.retrieval_context)
             host_ids = {id(b) for b in store.host}
             chosen = sorted(picked + local, key=lambda b: b.time_s)
             shifts = self._compact_shifts(chosen, pos) if self.focus_positions == "compact" else None
@@ -345,8 +373,8 @@ class StreamingSession(WindowedStream, RequeryStream):
             return 0, 0, None
         scores = score_blocks(self.adapter, self.cache, store.host, embeds, qpos,
                               heads=RETRIEVAL_SCORES[self.retrieval_score],
-                              adjacent=self.retrieval_positions == "adjacent")
-        chosen = choose(store.host, scores, store.retrieve_tokens)
+                              adjacent=self.retrieval_positions == "adjacent", scorer=self.scorer)
+        chosen = choose(store.host, scores, store.retrieve_tokens, before=self.retrieval_context)
         for b in chosen:
             append_kv(self.cache, b.kv)
         store.retrieved_blocks += len(chosen)
@@ -390,7 +418,7 @@ class StreamingSession(WindowedStream, RequeryStream):
         if self.store is not None:
             buffers += tensor_bytes([b.kv for b in self.store.host])  # the offload store (host memory)
         if self._weights_bytes is None:  # counted once: memory() runs per frame in a soak
-            self._weights_bytes = weights_bytes(self.adapter)
+            self._weights_bytes = weights_bytes(self.adapter) + self._scorer_bytes()
         out = {"weights": self._weights_bytes, "workspace": self.plan.workspace_bytes if self.plan else 0,
                "kv": kv_bytes(self.cache), "buffers": buffers}
         out["total"] = sum(out.values())

@@ -56,6 +56,7 @@ class SoakReport:
     offload_precision: str = "full"
     retrieval_score: str = "middle-layer"
     retrieval_positions: str = "in-place"
+    retrieval_context: int = 0
 
     @property
     def fps(self) -> float:
@@ -110,7 +111,7 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
          max_stream_tokens: int | None = None, sink_frames: int = 1, offload_tokens: int = 0,
          retrieve_tokens: int = 0, seed_start: int = 1_000_000, sample_every_s: float = 60.0,
          recall_after: int = 0, offload_precision: str = "full", retrieval_score: str = "middle-layer",
-         retrieval_positions: str = "in-place",
+         retrieval_positions: str = "in-place", retrieval_context: int = 0,
          progress=None) -> SoakReport:
     from vlmedge.models import camworld
     from vlmedge.runtime import StreamingSession
@@ -128,7 +129,8 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                                retrieve_tokens=retrieve_tokens, retrieval="focus" if focused else "append",
                                focus_positions="original" if policy == "focus-original" else "compact",
                                offload_precision=offload_precision if policy != "evict" else "full",
-                               retrieval_score=retrieval_score, retrieval_positions=retrieval_positions)
+                               retrieval_score=retrieval_score, retrieval_positions=retrieval_positions,
+                               retrieval_context=retrieval_context)
     hits: dict[str, list[float]] = {"overall": [], "backward_in_cache": [], "backward_evicted": [], "recall": [],
                                     "recall_in_cache": [], "recall_evicted": [], "recall_offloaded": [],
                                     "recall_given_evidence": []}
@@ -201,4 +203,5 @@ def soak(adapter, method: str, frames: int, policy: str = "evict", memory_budget
                       store={k: getattr(st, k) for k in ("evicted_blocks", "offloaded_blocks", "dropped_blocks",
                                                          "retrieved_blocks")} if st else {},
                       offload_precision=st.host_precision if st else "full",
-                      retrieval_score=session.retrieval_score, retrieval_positions=session.retrieval_positions)
+                      retrieval_score=session.retrieval_score, retrieval_positions=session.retrieval_positions,
+                      retrieval_context=session.retrieval_context)

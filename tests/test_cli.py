@@ -128,12 +128,13 @@ def test_soak_and_eval_take_the_offload_store_settings(tmp_path):
     res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "48", "--max-stream-tokens", "100",
                "--policies", "evict,focus", "--offload-tokens", "80", "--retrieve-tokens", "30",
                "--offload-precision", "int8", "--retrieval-score", "all-heads", "--retrieval-positions", "adjacent",
-               "--recall-after", "1", "--json", str(out), timeout=300)
+               "--retrieval-context", "2", "--recall-after", "1", "--json", str(out), timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "| evict |" in res.stdout and "| focus (int8 store, all-heads, adjacent) |" in res.stdout
+    assert "| evict |" in res.stdout and "| focus (int8 store, all-heads, adjacent, context 2) |" in res.stdout
     evict, focus = json.loads(out.read_text())
     assert (evict["offload_precision"], focus["offload_precision"]) == ("full", "int8")
-    assert (focus["retrieval_score"], focus["retrieval_positions"]) == ("all-heads", "adjacent")
+    assert (focus["retrieval_score"], focus["retrieval_positions"], focus["retrieval_context"]) == (
+        "all-heads", "adjacent", 2)
     assert focus["store"]["offloaded_blocks"] > 0 and evict["store"]["offloaded_blocks"] == 0
     res = _run(sys.executable, "-m", "vlmedge", "eval", "--tiny", "--seeds", "1000000+1", "--max-stream-tokens",
                "120", "--eviction", "offload", "--offload-tokens", "80", "--retrieve-tokens", "30",
@@ -141,3 +142,16 @@ def test_soak_and_eval_take_the_offload_store_settings(tmp_path):
     assert res.returncode == 0, res.stderr
     res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "8", "--offload-precision", "fp4")
     assert res.returncode == 2 and "--offload-precision" in res.stderr
+
+
+def test_train_retrieval_writes_a_score_the_session_loads(tmp_path):
+    res = _run(sys.executable, "-m", "vlmedge", "train-retrieval", "--tiny", "--frames", "60")
+    assert res.returncode == 2 and "--out" in res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "train-retrieval", "--tiny", "--out", str(tmp_path), "--frames", "60",
+               "--val-frames", "120", "--minutes", "0.05", "--window", "40", "--rank", "8", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "among the 7 best of 40 frames" in res.stdout and "validation after" in res.stderr
+    cfg = json.loads((tmp_path / "retrieval" / "config.json").read_text())
+    assert cfg["rank"] == 8 and cfg["trained"]["steps"] > 0 and cfg["trained"]["methods"] == ["uniform:ratio=0.25",
+                                                                                             "none"]
+    assert (tmp_path / "retrieval" / "scorer.safetensors").stat().st_size > 0

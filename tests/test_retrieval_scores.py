@@ -145,3 +145,21 @@ def test_unknown_retrieval_settings_are_refused(tiny_adapters):
         StreamingSession(a, "none", retrieval_score="best", **kw)
     with pytest.raises(InputError, match="retrieval_positions must be 'in-place' or 'adjacent'"):
         StreamingSession(a, "none", retrieval_positions="compact", **kw)
+    with pytest.raises(InputError, match="retrieval_context must be a block count"):
+        StreamingSession(a, "none", retrieval_context=-1, **kw)
+
+
+def test_context_brings_the_blocks_before_each_hit():
+    from vlmedge.runtime.retrieval import choose
+    from vlmedge.runtime.token_store import Block
+
+    blocks = [Block(10 * i, 10, "frame", float(i)) for i in range(8)]
+    scores = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 5.0, 0.6, 4.0])
+    times = lambda bs: [b.time_s for b in bs]  # noqa: E731
+    assert times(choose(blocks, scores, 20)) == [5.0, 7.0]  # plain: the two best
+    # each hit with the two blocks before it, nearest first; 7's (5 is taken already) is 6
+    assert times(choose(blocks, scores, 50, before=2)) == [3.0, 4.0, 5.0, 6.0, 7.0]
+    # the hits come first: context only where there is room left
+    assert times(choose(blocks, scores, 40, before=2)) == [3.0, 4.0, 5.0, 7.0]
+    assert times(choose(blocks, scores, 20, before=2)) == [4.0, 5.0]
+    assert times(choose(blocks, scores, 20, before=0)) == times(choose(blocks, scores, 20))

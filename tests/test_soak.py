@@ -8,7 +8,7 @@ from vlmedge.runtime.soak import soak
                                           ("focus", {"offload_tokens": 80, "retrieve_tokens": 30}),
                                           ("focus", {"offload_tokens": 80, "retrieve_tokens": 30,
                                                      "offload_precision": "int8", "retrieval_score": "all-heads",
-                                                     "retrieval_positions": "adjacent"})])
+                                                     "retrieval_positions": "adjacent", "retrieval_context": 2})])
 def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     a = tiny_adapters["llava_onevision"]
     r = soak(a, "uniform:ratio=0.25", 240, policy=policy, max_stream_tokens=100, sample_every_s=10.0,
@@ -22,9 +22,9 @@ def test_short_soak_stays_bounded(tiny_adapters, policy, extra):
     assert growth is not None and abs(growth) < 0.05  # resident memory flat once the store is full
     if policy != "evict":
         assert r.store["retrieved_blocks"] > 0 and r.store["dropped_blocks"] > 0
-        assert (r.offload_precision, r.retrieval_score, r.retrieval_positions) == (
+        assert (r.offload_precision, r.retrieval_score, r.retrieval_positions, r.retrieval_context) == (
             extra.get("offload_precision", "full"), extra.get("retrieval_score", "middle-layer"),
-            extra.get("retrieval_positions", "in-place"))
+            extra.get("retrieval_positions", "in-place"), extra.get("retrieval_context", 0))
     # recall questions: asked 3 clips later, when 100 tokens no longer hold their clip
     c = r.counts
     assert c["recall"] > 5 and c["recall"] == c["recall_in_cache"] + c["recall_evicted"]

@@ -9,7 +9,7 @@ from vlmedge import __version__
 from vlmedge.errors import VlmedgeError
 
 # Order is the order `vlmedge --help` lists them in.
-COMMANDS = ["demo", "run", "eval", "bench", "plan", "soak", "serve", "export", "build-engines", "calibrate", "doctor", "train-reference", "train-vip", "jetson"]
+COMMANDS = ["demo", "run", "eval", "bench", "plan", "soak", "serve", "export", "build-engines", "calibrate", "doctor", "train-reference", "train-vip", "train-retrieval", "jetson"]
 
 
 def build_parser() -> argparse.ArgumentParser:

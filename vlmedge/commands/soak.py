@@ -28,12 +28,16 @@ def register(sub) -> None:
                    help="offloaded blocks as the cache holds them, or int8 with a scale per row: about a quarter of "
                         "fp32's bytes, so the same budget holds several times the history (default %(default)s)")
     p.add_argument("--retrieve-tokens", type=int, default=512)
-    p.add_argument("--retrieval-score", choices=["middle-layer", "all-heads"], default="middle-layer",
-                   help="how stored blocks are scored for a question: ReKV's mean over the middle layer's heads, or "
-                        "every head of every layer, each standardised over the candidates (default %(default)s)")
+    p.add_argument("--retrieval-score", choices=["middle-layer", "all-heads", "learned"], default="middle-layer",
+                   help="how stored blocks are scored for a question: ReKV's mean over the middle layer's heads, "
+                        "every head of every layer, each standardised over the candidates, or the score trained for "
+                        "the model (`vlmedge train-retrieval`, read from <model>/retrieval/) (default %(default)s)")
     p.add_argument("--retrieval-positions", choices=["in-place", "adjacent"], default="in-place",
                    help="score blocks where their keys are, or each as if it ended right before the question, so "
                         "that RoPE distance does not decide (default %(default)s)")
+    p.add_argument("--retrieval-context", type=int, default=0, metavar="BLOCKS",
+                   help="each retrieved block brings this many blocks from just before it: what led up to the "
+                        "moment a question names (default %(default)s)")
     p.add_argument("--recall-after", type=int, default=8, metavar="CLIPS",
                    help="ask each clip's 'what color appeared just before the ...' again this many clips later, "
                         "when a small cache has dropped it (0: off; default %(default)s)")
@@ -48,6 +52,8 @@ def run(args) -> int:
 
     if args.frames < 1:
         raise InputError("--frames must be at least 1")
+    if args.retrieval_context < 0:
+        raise InputError("--retrieval-context must be 0 or more blocks")
     adapter, name = load_model(args)
     reports = []
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
@@ -61,7 +67,7 @@ def run(args) -> int:
                  retrieve_tokens=args.retrieve_tokens if policy != "evict" else 0,
                  recall_after=args.recall_after, offload_precision=args.offload_precision,
                  retrieval_score=args.retrieval_score, retrieval_positions=args.retrieval_positions,
-                 progress=progress)
+                 retrieval_context=args.retrieval_context, progress=progress)
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
     print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
@@ -74,7 +80,8 @@ def run(args) -> int:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         extras = [] if r.policy in ("evict", "unbounded") else [
             v for v, default in ((f"{r.offload_precision} store", "full store"), (r.retrieval_score, "middle-layer"),
-                                 (r.retrieval_positions, "in-place")) if v != default]
+                                 (r.retrieval_positions, "in-place"),
+                                 (f"context {r.retrieval_context}", "context 0")) if v != default]
         label = r.policy + (f" ({', '.join(extras)})" if extras else "")
         print(f"| {label} | {r.fps:.1f} | {human(r.peak_tracked_bytes)} | {human(r.peak_rss_bytes)} | "
               f"{human(r.budget_bytes) if r.budget_bytes else '–'} | {'–' if g is None else f'{g:+.1%}'} | "
