@@ -17,15 +17,14 @@ checkpoint in `retrieval/` (`config.json` + `scorer.safetensors`), as GlimpsePru
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 SUBDIR = "retrieval"
+WEIGHTS = "scorer.safetensors"
 
 
 @dataclass
@@ -102,38 +101,18 @@ class RetrievalScorer(nn.Module):
                                  "train one for this model with `vlmedge train-retrieval --model DIR`")
 
     def save(self, model_dir: str) -> str:
-        from safetensors.torch import save_file
+        from vlmedge.models.module_folder import save_folder
 
-        out = os.path.join(model_dir, SUBDIR)
-        os.makedirs(out, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(out, "scorer.safetensors"))
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(asdict(self.cfg), f, indent=2)
-        return out
+        return save_folder(self, self.cfg, model_dir, SUBDIR, WEIGHTS)
 
     @classmethod
     def load(cls, path: str, adapter=None) -> "RetrievalScorer":
-        """From a `retrieval/` folder or the model folder holding one."""
-        from safetensors.torch import load_file
+        """From a `retrieval/` folder or the model folder holding one; checked against `adapter` when given."""
+        from vlmedge.models.module_folder import load_weights, read_folder
 
-        from vlmedge.errors import ModelFileError
-
-        if os.path.isdir(os.path.join(path, SUBDIR)):
-            path = os.path.join(path, SUBDIR)
-        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "scorer.safetensors")
-        if not (os.path.isfile(cfg_path) and os.path.isfile(w_path)):
-            raise ModelFileError(f"no trained retrieval scorer in {path} (config.json + scorer.safetensors); "
-                                 "train one with `vlmedge train-retrieval --model DIR`, or use "
-                                 "retrieval_score='middle-layer'")
-        with open(cfg_path) as f:
-            cfg = ScorerConfig(**json.load(f))
-        mod = cls(cfg)
-        state = load_file(w_path)
-        missing = set(mod.state_dict()) - set(state)
-        if missing:
-            raise ModelFileError(f"{w_path} does not match its config.json (missing {sorted(missing)[:4]})")
-        mod.load_state_dict(state)
+        path, cfg = read_folder(path, SUBDIR, WEIGHTS, "train them with `vlmedge train-retrieval --model DIR`, or "
+                                                       "use retrieval_score='middle-layer'")
+        mod = load_weights(cls(ScorerConfig(**cfg)), path, WEIGHTS)
         if adapter is not None:
             mod.check(adapter, f" in {path}")
-        return mod.eval()
+        return mod

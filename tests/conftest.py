@@ -67,3 +67,13 @@ def tiny_adapters():
 def make_frames(n, h=40, w=60, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def pushed_session(adapter, frames=6, method="uniform:ratio=0.5", seed=3):
+    """An unbounded session that has seen `frames` random frames, one a second."""
+    from vlmedge.runtime import StreamingSession
+
+    s = StreamingSession(adapter, method)
+    for i, f in enumerate(make_frames(frames, seed=seed)):
+        s.push_frame(f, time_s=float(i))
+    return s

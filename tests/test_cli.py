@@ -142,6 +142,8 @@ def test_soak_and_eval_take_the_offload_store_settings(tmp_path):
     assert res.returncode == 0, res.stderr
     res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "8", "--offload-precision", "fp4")
     assert res.returncode == 2 and "--offload-precision" in res.stderr
+    res = _run(sys.executable, "-m", "vlmedge", "soak", "--tiny", "--frames", "8", "--seed-start", "5")
+    assert res.returncode == 2 and "training seed" in res.stderr
 
 
 def test_train_retrieval_writes_a_score_the_session_loads(tmp_path):

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_frames
+from conftest import make_frames, pushed_session
 from vlmedge.errors import InputError, ModelFileError
 from vlmedge.runtime import StreamingSession
-
-
-def _stream(a, frames=6):
-    s = StreamingSession(a, "uniform:ratio=0.5")
-    for i, f in enumerate(make_frames(frames, seed=3)):
-        s.push_frame(f, time_s=float(i))
-    return s
 
 
 def test_scorer_round_trips_and_refuses_a_missing_or_foreign_folder(tiny_adapters, tmp_path):
@@ -27,7 +20,7 @@ def test_scorer_round_trips_and_refuses_a_missing_or_foreign_folder(tiny_adapter
     path = sc.save(str(tmp_path))
     back = RetrievalScorer.load(str(tmp_path), a)  # the model folder or its retrieval/ both work
     assert RetrievalScorer.load(path).cfg == sc.cfg
-    s = _stream(a)
+    s = pushed_session(a)
     emb = a.embed_text(a.tokenize("where is the red square ?"))
     vals = [[layer.values[:, :, st:st + 9] for layer in s.cache.layers] for st in (0, 9, 18)]
     torch.testing.assert_close(back.score(emb, vals), sc.score(emb, vals))
@@ -49,7 +42,7 @@ def test_scorer_takes_its_best_token_and_ignores_where_a_block_sits(tiny_adapter
 
     a = tiny_adapters["llava_onevision"]
     sc = RetrievalScorer.for_adapter(a, rank=8, seed=2)
-    s = _stream(a)
+    s = pushed_session(a)
     cache = s.cache
     pairs = [(layer.keys[:, :, 9:18].clone(), layer.values[:, :, 9:18].clone()) for layer in cache.layers]
     host = [Block(9, 9, "frame", 0.0, pairs), Block(9, 9, "frame", 0.0, Int8BlockKV.from_pairs(pairs))]

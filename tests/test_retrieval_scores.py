@@ -1,17 +1,10 @@
 """Scoring stored blocks for a question: per-head scores, their combination, and position-fair placement."""
 import torch
 
-from conftest import make_frames
+from conftest import make_frames, pushed_session
 from vlmedge.runtime import StreamingSession
 
 Q = "how many objects are there ?"
-
-
-def _stream(a, frames=6):
-    s = StreamingSession(a, "uniform:ratio=0.5")
-    for i, f in enumerate(make_frames(frames, seed=3)):
-        s.push_frame(f, time_s=float(i))
-    return s
 
 
 def _question(a, s):
@@ -24,7 +17,7 @@ def test_head_scores_average_to_the_middle_layer_score(tiny_adapters):
     from vlmedge.runtime.token_store import Block
 
     a = tiny_adapters["llava_onevision"]
-    s = _stream(a)
+    s = pushed_session(a)
     cache, n = s.cache, s.stream_tokens
     spans = [(0, 9), (9, 14), (23, n - 23)]
     host = [Block(st, ln, "frame", 0.0, [(l.keys[:, :, st:st + ln].clone(), l.values[:, :, st:st + ln].clone())
@@ -84,7 +77,7 @@ def test_every_head_can_vote_and_blocks_can_be_scored_next_to_the_question(tiny_
     from vlmedge.runtime.token_store import Block
 
     a = tiny_adapters["llava_onevision"]
-    s = _stream(a)
+    s = pushed_session(a)
     cache, n = s.cache, s.stream_tokens
     blocks = s.store.blocks if s.store else None
     assert blocks is None  # an unbounded stream: build the candidates by hand, with their position spans

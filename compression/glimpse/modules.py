@@ -7,8 +7,6 @@ with a predictor that never saw that model's attention.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -87,36 +85,18 @@ class GlimpseModules(nn.Module):
         return cls(GlimpseConfig.for_adapter(adapter))
 
     def save(self, model_dir: str) -> str:
-        from safetensors.torch import save_file
+        from vlmedge.models.module_folder import save_folder
 
-        out = os.path.join(model_dir, FOLDER)
-        os.makedirs(out, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
-                  os.path.join(out, "glimpse.safetensors"))
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(asdict(self.cfg), f, indent=2)
-        return out
+        return save_folder(self, self.cfg, model_dir, FOLDER, "glimpse.safetensors")
 
     @classmethod
     def load(cls, path: str, adapter=None) -> "GlimpseModules":
         """From a `glimpse/` folder (or the model folder holding one); checked against `adapter` when given."""
-        from safetensors.torch import load_file
+        from vlmedge.models.module_folder import load_weights, read_folder
 
-        if os.path.isdir(os.path.join(path, FOLDER)):
-            path = os.path.join(path, FOLDER)
-        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "glimpse.safetensors")
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise ModelFileError(f"no GlimpsePrune modules at {path}: {os.path.basename(p)} is missing; "
-                                     "train them with `vlmedge train-vip --model DIR` or pass glimpse:weights=DIR")
-        with open(cfg_path) as f:
-            cfg = GlimpseConfig(**json.load(f))
+        path, cfg = read_folder(path, FOLDER, "glimpse.safetensors",
+                                "train them with `vlmedge train-vip --model DIR` or pass glimpse:weights=DIR")
+        cfg = GlimpseConfig(**cfg)
         if adapter is not None:
             cfg.check(adapter, path)
-        mods = cls(cfg)
-        state = load_file(w_path)
-        missing, unexpected = mods.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelFileError(f"{w_path} does not match its config.json (missing {sorted(missing)[:4]}, "
-                                 f"unexpected {sorted(unexpected)[:4]})")
-        return mods.eval()
+        return load_weights(cls(cfg), path, "glimpse.safetensors")

@@ -12,7 +12,7 @@ cross-entropy over the window's frames (each frame's score a soft maximum over i
 Validation (`evaluate`, held-out training seeds): for each object of a clip that is not seen again in the next
 `after` clips, the window ending `after` clips later; hit@1 / hit@7 = the best / one of the 7 best frames
 shows it in that clip (7 frames are what a 256-token retrieval allowance holds at 36 tokens a frame; chance is
-about 7 / window).
+about 7 / window); arrival@1 = the best frame is one of the first two that show it.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def _frame_scores(scorer, data: StreamData, lo: int, hi: int, qs: torch.Tensor, 
 
 @torch.no_grad()
 def evaluate(scorer, data: StreamData, questions: _Questions, window: int, after: int) -> dict:
-    hits1, hits7 = [], []
+    hits1, hits7, arrival = [], [], []
     first = {int(c): int(np.argmax(data.clip == c)) for c in np.unique(data.clip)}
     for c in sorted(first):
         if c + after + 1 not in first:
@@ -135,11 +135,13 @@ def evaluate(scorer, data: StreamData, questions: _Questions, window: int, after
         for name in sorted({n for f in own for n in data.names[f]} - later):
             q = scorer.query(questions(name, "appeared.before"))[None]
             best = torch.argsort(_frame_scores(scorer, data, lo, hi, q, None)[0], descending=True)[:7] + lo
-            shown = [int(f) in set(own.tolist()) and name in data.names[int(f)] for f in best]
+            showing = [int(f) for f in own if name in data.names[int(f)]]
+            shown = [int(f) in showing for f in best]
             hits1.append(shown[0])
             hits7.append(any(shown))
-    return {"questions": len(hits1), "hit@1": float(np.mean(hits1)) if hits1 else 0.0,
-            "hit@7": float(np.mean(hits7)) if hits7 else 0.0}
+            arrival.append(int(best[0]) in showing[:2])
+    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
+    return {"questions": len(hits1), "hit@1": mean(hits1), "hit@7": mean(hits7), "arrival@1": mean(arrival)}
 
 
 def fit_standardisation(scorer, datasets: list[StreamData]) -> None:

@@ -41,6 +41,8 @@ def register(sub) -> None:
     p.add_argument("--recall-after", type=int, default=8, metavar="CLIPS",
                    help="ask each clip's 'what color appeared just before the ...' again this many clips later, "
                         "when a small cache has dropped it (0: off; default %(default)s)")
+    p.add_argument("--seed-start", type=int, default=1_000_000,
+                   help="first camworld evaluation seed; clip k of the stream is seed + k (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="write the reports as JSON")
     p.set_defaults(func=run)
 
@@ -54,6 +56,9 @@ def run(args) -> int:
         raise InputError("--frames must be at least 1")
     if args.retrieval_context < 0:
         raise InputError("--retrieval-context must be 0 or more blocks")
+    from vlmedge.models.camworld import check_seed
+
+    check_seed(args.seed_start, "eval")  # a stream the reference model trained on would flatter it
     adapter, name = load_model(args)
     reports = []
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
@@ -67,7 +72,7 @@ def run(args) -> int:
                  retrieve_tokens=args.retrieve_tokens if policy != "evict" else 0,
                  recall_after=args.recall_after, offload_precision=args.offload_precision,
                  retrieval_score=args.retrieval_score, retrieval_positions=args.retrieval_positions,
-                 retrieval_context=args.retrieval_context, progress=progress)
+                 retrieval_context=args.retrieval_context, seed_start=args.seed_start, progress=progress)
         reports.append(r)
     print(f"{name}, method {args.method}, {args.frames} frames")
     print("| policy | frames/s | peak tracked | peak RSS | budget | RSS growth 10→60 min | accuracy | backward "
