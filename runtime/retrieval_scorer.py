@@ -79,7 +79,8 @@ class RetrievalScorer(nn.Module):
         return (w[:, None] * self.query_proj(e)).sum(0)
 
     def logits(self, tokens: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """Per-token scores `[..., n]` of projected tokens `[..., n, rank]` against queries `q` (`[rank]`)."""
+        """Per-token scores of projected tokens `[..., n, rank]` against a query `[rank]` (`[..., n]`) or several
+        as columns `[rank, Q]` (`[..., n, Q]`)."""
         return tokens @ q / math.sqrt(self.cfg.rank)
 
     @torch.no_grad()

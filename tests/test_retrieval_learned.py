@@ -103,3 +103,25 @@ def test_bundled_score_finds_objects_from_clips_ago():
     got = evaluate(sc, data, _Questions(a), window=170, after=6)
     assert got["questions"] > 60
     assert got["hit@7"] > 0.65 and got["hit@1"] > 0.3
+
+
+def test_training_scores_frames_as_the_session_scores_blocks():
+    """What training ranks (all frames of a window at once, padded) is what `RetrievalScorer.score` gives a block."""
+    from vlmedge.models.training.retrieval import StreamData, _frame_scores
+    from vlmedge.runtime.retrieval_scorer import RetrievalScorer, ScorerConfig
+
+    torch.manual_seed(0)
+    sc = RetrievalScorer(ScorerConfig("test", [0, 1], 4, 6, rank=3))
+    vals = [[torch.randn(1, 2, n, 2) for _ in range(2)] for n in (3, 2, 3)]  # per block, per layer [1, kvh, n, hd]
+    feats = [sc.features(v) for v in vals]
+    x = torch.zeros(3, 3, 8)
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    for i, f in enumerate(feats):
+        x[i, :len(f)], mask[i, :len(f)] = f, True
+    data = StreamData(x.half(), mask, [[]] * 3, np.zeros(3))
+    emb = torch.randn(5, 6)
+    with torch.no_grad():
+        got = _frame_scores(sc, StreamData(x, mask, [[]] * 3, np.zeros(3)), 0, 3, sc.query(emb)[None], None)[0]
+        torch.testing.assert_close(got, sc.score(emb, vals))
+        soft = _frame_scores(sc, data, 0, 3, sc.query(emb)[None], tau=0.01)[0]
+    torch.testing.assert_close(soft, got, atol=0.05, rtol=0)  # the soft maximum training uses tends to the max

@@ -114,7 +114,7 @@ class _Questions:
 def _frame_scores(scorer, data: StreamData, lo: int, hi: int, qs: torch.Tensor, tau: float | None) -> torch.Tensor:
     """`[len(qs), hi - lo]`: each query against each frame, max (tau None) or soft max over its tokens."""
     z = scorer.tokens(data.feats[lo:hi].float())                       # [F, n, rank]
-    logits = torch.einsum("fnr,qr->qfn", z, qs) / scorer.cfg.rank ** 0.5
+    logits = scorer.logits(z, qs.T).permute(2, 0, 1)                  # [Q, F, n]
     logits = logits.masked_fill(~data.mask[lo:hi][None], -1e4)
     return logits.amax(-1) if tau is None else tau * torch.logsumexp(logits / tau, -1)
 
@@ -171,6 +171,8 @@ def train_scorer(adapter, scorer, train: list[StreamData], val: StreamData, cfg:
             lo = max(0, hi - cfg.window)
             targets = latest_targets(data, lo, hi)
             names = sorted(targets)
+            if not names:  # nothing in view in the whole window
+                continue
             qs = torch.stack([scorer.query(questions(n, NAMED_TEMPLATES[int(rng.integers(len(NAMED_TEMPLATES)))]))
                               for n in names])
             s = _frame_scores(scorer, data, lo, hi, qs, cfg.tau)
