@@ -88,8 +88,11 @@ class RetrievalScorer(nn.Module):
         """One score per block: the best token's logit. `blocks_values`: per block, its per-layer values."""
         if not blocks_values:
             return torch.zeros(0)
-        q = self.query(embeds)
-        return torch.stack([self.logits(self.tokens(self.features(v)), q).max() for v in blocks_values])
+        feats = [self.features(v) for v in blocks_values]
+        # one projection over every candidate's tokens (this runs per question over ~170 blocks), then each
+        # block's best token
+        logits = self.logits(self.tokens(torch.cat(feats)), self.query(embeds))
+        return torch.stack([part.max() for part in logits.split([len(f) for f in feats])])
 
     def check(self, adapter, where: str = "") -> None:
         from vlmedge.errors import ModelFileError
